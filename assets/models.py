@@ -1,0 +1,78 @@
+"""Photo libraries and the photos in them.
+
+`assets` stores photos and announces them; it knows nothing of embeddings or searches
+(ARCHITECTURE.md: `retrieval` depends on `assets`, never the other way round).
+"""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class Library(models.Model):
+    name = models.CharField(max_length=200)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="owned_libraries")
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, through="LibraryMembership", related_name="shared_libraries", blank=True
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "libraries"
+        ordering = ["name", "id"]
+        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="library_name_unique_per_owner")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class LibraryMembership(models.Model):
+    class Role(models.TextChoices):
+        VIEWER = "viewer", "Viewer"
+        EDITOR = "editor", "Editor"
+
+    library = models.ForeignKey(Library, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="library_memberships")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.VIEWER)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["library", "user"], name="one_membership_per_user")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.library} ({self.role})"
+
+
+def asset_upload_path(asset: "Asset", filename: str) -> str:
+    # Content-addressed inside the library: the stored name never comes from user input, so an
+    # uploaded name cannot escape MEDIA_ROOT or collide with another photo.
+    suffix = filename.rsplit(".", 1)[-1].lower() if "." in filename else "bin"
+    return f"libraries/{asset.library_id}/{asset.sha256[:2]}/{asset.sha256}.{suffix}"
+
+
+class Asset(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"  # stored, metadata/thumbnail not done yet
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
+    library = models.ForeignKey(Library, on_delete=models.CASCADE, related_name="assets")
+    file = models.FileField(upload_to=asset_upload_path, max_length=500)
+    original_name = models.CharField(max_length=500, blank=True)
+    sha256 = models.CharField(max_length=64)
+    size_bytes = models.BigIntegerField(default=0)
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+    format = models.CharField(max_length=16, blank=True)
+    taken_at = models.DateTimeField(null=True, blank=True, help_text="EXIF capture time, when the photo has one")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["library", "sha256"], name="asset_sha256_unique_per_library")]
+        indexes = [models.Index(fields=["library", "-created_at"]), models.Index(fields=["library", "taken_at"])]
+
+    def __str__(self) -> str:
+        return self.original_name or self.sha256[:12]

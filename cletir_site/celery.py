@@ -1,0 +1,82 @@
+"""The Celery app: three queues, routes, and the worker heartbeat that /healthz reads.
+
+Queues (ARCHITECTURE.md): `search` (GPU, latency-sensitive), `embed` (GPU, bulk photo
+embedding) and `default` (CPU: thumbnails, metadata, archives). A search never waits behind a
+bulk job because they are different queues, consumed by different worker processes in
+production.
+"""
+from __future__ import annotations
+
+import os
+
+from celery import Celery, bootsteps
+from kombu import Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cletir_site.settings")
+
+app = Celery("cletir")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+
+QUEUES = ("search", "embed", "default")
+app.conf.task_queues = [Queue(name) for name in QUEUES]
+app.conf.task_default_queue = "default"
+app.conf.task_routes = {
+    "retrieval.tasks.search.*": {"queue": "search"},
+    "retrieval.tasks.embed.*": {"queue": "embed"},
+}
+# GPU work: one task at a time per process, acknowledged only when done, so a task whose
+# worker dies is delivered again instead of being lost (tasks are idempotent by state checks).
+app.conf.worker_prefetch_multiplier = 1
+app.conf.task_acks_late = True
+app.conf.task_reject_on_worker_lost = True
+app.conf.broker_connection_retry_on_startup = True
+app.conf.task_serializer = "json"
+app.conf.accept_content = ["json"]
+app.autodiscover_tasks()
+
+
+class HeartbeatStep(bootsteps.StartStopStep):
+    """Records the worker in the database every few seconds, whatever the broker.
+
+    Celery's own remote control (`inspect ping`) needs a broadcast-capable broker, which the
+    filesystem transport is not; a heartbeat row works with every broker and also tells which
+    queues a worker consumes.
+    """
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, worker, **kwargs):
+        super().__init__(worker, **kwargs)
+        self.tref = None
+
+    def start(self, worker):
+        from django.conf import settings
+
+        self._beat(worker)
+        self.tref = worker.timer.call_repeatedly(
+            settings.CLETIR_WORKER_HEARTBEAT_SECONDS / 2, self._beat, (worker,), priority=10
+        )
+
+    def stop(self, worker):
+        if self.tref is not None:
+            self.tref.cancel()
+        from retrieval.workers import forget_worker
+
+        try:
+            forget_worker(worker.hostname)
+        except Exception:  # the database may be the thing that is going away
+            pass
+
+    def _beat(self, worker):
+        from retrieval.workers import record_heartbeat
+
+        queues = sorted(worker.app.amqp.queues.consume_from or QUEUES)
+        try:
+            record_heartbeat(worker.hostname, queues, os.getpid())
+        except Exception:  # a database blip must not kill the worker; the next beat retries
+            import logging
+
+            logging.getLogger(__name__).warning("worker heartbeat failed", exc_info=True)
+
+
+app.steps["worker"].add(HeartbeatStep)

