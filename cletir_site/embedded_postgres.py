@@ -48,6 +48,10 @@ def ensure_running(pgdata: Path) -> dict:
         warnings.simplefilter("ignore")
         import pgserver
 
+        if not is_running(pgdata):
+            # pgserver caches one handle per folder and trusts it; a server that died under
+            # this process (killed, crashed) must be started again, not returned from the cache.
+            pgserver.PostgresServer._instances.pop(pgdata, None)
         try:
             server = pgserver.get_server(pgdata, cleanup_mode=None)
         except Exception as exc:  # pgserver raises CalledProcessError/TimeoutExpired/asserts

@@ -25,6 +25,9 @@ def vector_expression(space: EmbeddingSpace) -> str:
 def ensure_space_index(space: EmbeddingSpace, m: int = 16, ef_construction: int = 64) -> None:
     """Create the space's HNSW index if it does not exist (idempotent, safe to call twice)."""
     with connection.cursor() as cursor:
+        # Django's foreign keys are DEFERRABLE: rows written earlier in the same transaction
+        # leave pending trigger events, which CREATE INDEX refuses. Check them now instead.
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         cursor.execute(
             f'CREATE INDEX IF NOT EXISTS "{index_name(space)}" ON "{TABLE}" '
             f"USING hnsw ({vector_expression(space)} halfvec_ip_ops) "

@@ -1,0 +1,63 @@
+"""/healthz reports each part and answers 503 when one is down."""
+from __future__ import annotations
+
+import pytest
+from django.db import OperationalError
+
+from cletir_site import health
+from retrieval.workers import record_heartbeat
+
+pytestmark = pytest.mark.django_db
+
+
+def test_all_up_is_200_with_versions(client):
+    record_heartbeat("w1@host", ["default", "embed", "search"], 123)
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["database"] == "ok" and body["broker"] == "ok"
+    assert body["pgvector"].startswith("0.8") or tuple(map(int, body["pgvector"].split(".")[:2])) >= (0, 8)
+    assert [w["hostname"] for w in body["workers"]] == ["w1@host"]
+
+
+def test_no_worker_seen_is_503(client):
+    body = client.get("/healthz")
+    assert body.status_code == 503
+    assert body.json()["workers"] == [] and body.json()["status"] == "down"
+
+
+def test_stale_heartbeat_is_not_a_worker(client, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from retrieval.models import WorkerHeartbeat
+
+    WorkerHeartbeat.objects.create(hostname="old@host", queues=["default"], pid=1,
+                                   last_seen=timezone.now() - timedelta(seconds=3 * settings.CLETIR_WORKER_HEARTBEAT_SECONDS))
+    assert client.get("/healthz").json()["workers"] == []
+
+
+def test_broker_down_is_503(client, monkeypatch):
+    from cletir_site.celery import app
+
+    record_heartbeat("w1@host", ["default"], 123)
+    monkeypatch.setitem(app.conf, "broker_url", "redis://127.0.0.1:1/0")
+    monkeypatch.setitem(app.conf, "broker_transport_options", {})
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["broker"] == "down"
+    assert "127.0.0.1:1" in response.json()["broker_error"]
+
+
+def test_database_down_is_503(client, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OperationalError("connection to server failed: Connection refused")
+
+    monkeypatch.setattr(health.connection, "cursor", refuse)
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["database"] == "down" and body["pgvector"] is None
+    assert body["database_error"] == "connection to server failed: Connection refused"
