@@ -11,18 +11,24 @@ MIN_PGVECTOR = (0, 8)
 
 
 def check_database() -> dict:
+    """Database reachability and pgvector: the installed version (None before the first
+    migration) and the version the server could install (None: the server has no pgvector)."""
     try:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+            cursor.execute(
+                "SELECT installed_version, default_version FROM pg_available_extensions WHERE name = 'vector'"
+            )
             row = cursor.fetchone()
     except DatabaseError as exc:
         return {"database": "down", "database_error": _first_line(exc), "pgvector": None}
-    if row is None:
-        return {"database": "ok", "pgvector": None, "pgvector_error": "extension 'vector' is not installed"}
-    version = row[0]
-    result = {"database": "ok", "pgvector": version}
-    if _version_tuple(version) < MIN_PGVECTOR:
-        result["pgvector_error"] = f"pgvector {version} is older than the required 0.8"
+    installed, available = row if row else (None, None)
+    result = {"database": "ok", "pgvector": installed, "pgvector_available": available}
+    if available is None:
+        result["pgvector_error"] = "the server has no pgvector extension"
+    elif _version_tuple(installed or available) < MIN_PGVECTOR:
+        result["pgvector_error"] = f"pgvector {installed or available} is older than the required 0.8"
+    elif installed is None:
+        result["pgvector_error"] = "extension 'vector' is not installed yet (run manage.py migrate)"
     return result
 
 

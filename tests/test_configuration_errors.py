@@ -61,7 +61,7 @@ def test_database_without_pgvector():
     result = manage("check_services", DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert "extension 'vector' is not installed" in result.stderr
+    assert "the server has no pgvector extension" in result.stderr
     assert "install pgvector >= 0.8" in result.stderr
 
 
@@ -70,3 +70,15 @@ def test_missing_secret_key_outside_debug():
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert "DJANGO_SECRET_KEY is not set" in result.stderr
+
+
+def test_fresh_embedded_database_passes_the_check_before_its_first_migration(tmp_path):
+    from cletir_site import embedded_postgres
+
+    pgdata = tmp_path / "pg"
+    try:
+        result = manage("check_services", CLETIR_PGDATA=str(pgdata), DATABASE_URL="")
+    finally:
+        embedded_postgres.stop(pgdata)
+    assert result.returncode == 0, result.stderr
+    assert "pgvector 0.8" in result.stdout and "(available)" in result.stdout

@@ -16,13 +16,16 @@ class Command(BaseCommand):
         report = check_database()
         if report["database"] != "ok":
             problems.append(f"database ({source}, {where}) is unreachable: {report['database_error']}")
-        elif report.get("pgvector_error"):
+        elif report["pgvector_available"] is None or "older" in report.get("pgvector_error", ""):
+            # Missing from the server, or too old. (Available but not created yet is fine:
+            # the first migration creates it.)
             problems.append(
                 f"database ({source}, {where}): {report['pgvector_error']}; install pgvector >= 0.8 "
                 "on that server (or unset DATABASE_URL to use the embedded Postgres)"
             )
         else:
-            self.stdout.write(f"database: ok ({source}, {where}), pgvector {report['pgvector']}")
+            version = report["pgvector"] or f"{report['pgvector_available']} (available)"
+            self.stdout.write(f"database: ok ({source}, {where}), pgvector {version}")
         broker = check_broker()
         from cletir_site.health import _redact
 
