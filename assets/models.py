@@ -57,6 +57,9 @@ class Asset(models.Model):
         FAILED = "failed", "Failed"
 
     library = models.ForeignKey(Library, on_delete=models.CASCADE, related_name="assets")
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     file = models.FileField(upload_to=asset_upload_path, max_length=500)
     original_name = models.CharField(max_length=500, blank=True)
     sha256 = models.CharField(max_length=64)
@@ -76,3 +79,86 @@ class Asset(models.Model):
 
     def __str__(self) -> str:
         return self.original_name or self.sha256[:12]
+
+
+def rendition_upload_path(rendition: "Rendition", filename: str) -> str:
+    # Derived from the photo's content hash and the rendition name, never from user input: a
+    # retried thumbnail task writes the same name again instead of a second file.
+    suffix = filename.rsplit(".", 1)[-1].lower() if "." in filename else "bin"
+    asset = rendition.asset
+    return f"renditions/{asset.library_id}/{asset.sha256[:2]}/{asset.sha256}-{rendition.name}.{suffix}"
+
+
+class Rendition(models.Model):
+    """A derived image of a photo (thumbnail, preview), made once in the background."""
+
+    asset = models.ForeignKey(Asset, on_delete=models.CASCADE, related_name="renditions")
+    name = models.CharField(max_length=32)
+    file = models.FileField(upload_to=rendition_upload_path, max_length=500)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["asset", "name"], name="one_rendition_per_name")]
+
+    def __str__(self) -> str:
+        return f"{self.asset} ({self.name})"
+
+
+class RejectedFile(models.Model):
+    """A file that was offered to a library and refused, kept so the library page can say why."""
+
+    class Reason(models.TextChoices):
+        NOT_AN_IMAGE = "not_an_image", "Not an image"
+        CORRUPT = "corrupt", "Corrupt"
+        TOO_LARGE = "too_large", "Too large"
+        DECOMPRESSION_BOMB = "decompression_bomb", "Decompression bomb"
+        UNSUPPORTED_FORMAT = "unsupported_format", "Unsupported format"
+        UNSAFE_PATH = "unsafe_path", "Unsafe path in archive"
+        ZIP_BOMB = "zip_bomb", "Zip bomb"
+        ARCHIVE_TOO_LARGE = "archive_too_large", "Archive too large"
+        EMPTY_ARCHIVE = "empty_archive", "Empty archive"
+
+    library = models.ForeignKey(Library, on_delete=models.CASCADE, related_name="rejected_files")
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    original_name = models.CharField(max_length=500)
+    reason = models.CharField(max_length=32, choices=Reason.choices)
+    message = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["library", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.original_name}: {self.reason}"
+
+
+class ImportedFile(models.Model):
+    """What `import_folder` has already seen, so a second run skips it without reading it.
+
+    Keyed by the file's absolute path; a file whose size or modification time changed is read
+    again (and deduplicated by content hash if only its timestamp moved).
+    """
+
+    class Outcome(models.TextChoices):
+        STORED = "stored", "Stored"
+        DUPLICATE = "duplicate", "Duplicate"
+        REJECTED = "rejected", "Rejected"
+
+    library = models.ForeignKey(Library, on_delete=models.CASCADE, related_name="imported_files")
+    path = models.CharField(max_length=1024)
+    size_bytes = models.BigIntegerField()
+    mtime_ns = models.BigIntegerField()
+    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    asset = models.ForeignKey(Asset, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    imported_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["library", "path"], name="imported_path_unique_per_library")]
+
+    def __str__(self) -> str:
+        return self.path

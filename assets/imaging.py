@@ -1,0 +1,232 @@
+"""Open and validate one image file: what it is, how big, when it was taken, or why it is refused.
+
+Accepted: JPEG (and MPO, the multi-picture JPEG that many cameras write), PNG, WebP, TIFF, GIF
+(first frame) and HEIC/HEIF (pillow-heif). Every other format Pillow can identify (BMP, ICO,
+PSD, PPM, TGA, JPEG 2000, AVIF, ...) is refused as `unsupported_format`: these are not what
+cameras and phones produce, browsers show few of them, and each accepted decoder is attack
+surface we test. The order of checks keeps the cheap ones first: the header is read lazily, the
+pixel count is checked before anything is decoded, and JPEGs are decoded at 1/8 scale (draft
+mode) to prove the whole entropy-coded stream is readable without paying for full size.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import warnings
+import zoneinfo
+from dataclasses import dataclass
+from pathlib import Path
+
+import pillow_heif
+from django.conf import settings
+from PIL import ExifTags, Image, UnidentifiedImageError
+
+pillow_heif.register_heif_opener()
+
+# Pillow format name -> the name we store and the file suffix of the stored original.
+ACCEPTED_FORMATS: dict[str, tuple[str, str]] = {
+    "JPEG": ("JPEG", "jpg"),
+    "MPO": ("JPEG", "jpg"),
+    "PNG": ("PNG", "png"),
+    "WEBP": ("WEBP", "webp"),
+    "TIFF": ("TIFF", "tif"),
+    "GIF": ("GIF", "gif"),
+    "HEIF": ("HEIF", "heic"),
+}
+ACCEPTED_DESCRIPTION = "JPEG, PNG, WebP, TIFF, GIF or HEIC/HEIF"
+
+# Orientations 5-8 turn the picture by 90 degrees: stored width and height swap.
+_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
+
+# Leading bytes of the accepted formats: a file that starts like one of them but cannot be read
+# is `corrupt`, not `not_an_image` (a truncated JPEG may fail before Pillow identifies it).
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
+
+
+def _looks_like_accepted_image(head: bytes) -> bool:
+    return (
+        head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*"))
+        or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+        or (head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS)
+    )
+
+
+class FileRejected(Exception):
+    """A file refused with a stable reason code (RejectedFile.Reason) and a message for people."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def human_bytes(n: int) -> str:
+    """Decimal units, as people read file sizes: 200000000 -> '200 MB', 1500 -> '1.5 KB'."""
+    if n < 1000:
+        return f"{n} bytes"
+    for unit in ("KB", "MB", "GB", "TB"):
+        n /= 1000
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f}".removesuffix(".0") + f" {unit}"
+    raise AssertionError("unreachable")
+
+
+def not_an_image() -> FileRejected:
+    return FileRejected("not_an_image", "This file is not an image.")
+
+
+def corrupt() -> FileRejected:
+    return FileRejected("corrupt", "The file is damaged or incomplete and cannot be read.")
+
+
+def too_large(limit_bytes: int) -> FileRejected:
+    return FileRejected("too_large", f"The file is larger than the upload limit of {human_bytes(limit_bytes)}.")
+
+
+def decompression_bomb(limit_pixels: int) -> FileRejected:
+    megapixels = f"{limit_pixels / 1_000_000:g}"
+    return FileRejected(
+        "decompression_bomb",
+        f"The image has more than {megapixels} megapixels, the most that is decoded safely.",
+    )
+
+
+def unsupported_format(pillow_format: str) -> FileRejected:
+    return FileRejected(
+        "unsupported_format", f"{pillow_format} images are not supported; use {ACCEPTED_DESCRIPTION}."
+    )
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str  # JPEG, PNG, WEBP, TIFF, GIF or HEIF
+    suffix: str  # of the stored file: jpg, png, webp, tif, gif, heic
+    width: int  # as displayed, EXIF orientation applied
+    height: int
+    taken_at: dt.datetime | None  # aware
+
+
+def max_image_pixels() -> int:
+    return settings.CLETIR_MAX_IMAGE_PIXELS
+
+
+def inspect_image(path: str | Path) -> ImageInfo:
+    """Validate the image at `path` and read what is stored about it; raise FileRejected."""
+    limit = max_image_pixels()
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        if not head:
+            raise not_an_image()
+        fh.seek(0)
+        try:
+            im = _open(fh)
+        except Image.DecompressionBombError:
+            raise decompression_bomb(min(limit, 2 * (Image.MAX_IMAGE_PIXELS or limit))) from None
+        except UnidentifiedImageError:
+            raise (corrupt() if _looks_like_accepted_image(head) else not_an_image()) from None
+        except Exception:
+            # Identified by its header, then failed while parsing it: a broken image.
+            raise corrupt() from None
+        with im:
+            info = _check_header(im, limit)
+            if im.format != "PNG":
+                _decode(im, limit)
+                return info
+        # PNG chunk CRCs catch damage that still inflates (noisy pixels are stored, not
+        # compressed). verify() needs a fresh image, and leaves it unusable for decoding.
+        for step in ("verify", "load"):
+            fh.seek(0)
+            with _open(fh, formats=["PNG"]) as im:
+                _decode_or_reject(getattr(im, step), limit)
+        return info
+
+
+def _open(fh, formats: list[str] | None = None) -> Image.Image:
+    # Our pixel limit replaces Pillow's warning threshold; Pillow's hard error (twice its
+    # MAX_IMAGE_PIXELS) still fires first for absurd sizes and is reported the same way.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(fh, formats=formats)
+
+
+def _check_header(im: Image.Image, limit: int) -> ImageInfo:
+    """Format, pixel count and EXIF, from the header only: nothing is decoded yet."""
+    if im.format not in ACCEPTED_FORMATS:
+        raise unsupported_format(im.format or "These")
+    stored_format, suffix = ACCEPTED_FORMATS[im.format]
+    width, height = im.size
+    if width * height > limit:
+        raise decompression_bomb(limit)
+    exif = _read_exif(im)
+    if _orientation(exif) in _SWAPPING_ORIENTATIONS:
+        width, height = height, width
+    return ImageInfo(stored_format, suffix, width, height, _taken_at(exif))
+
+
+def _decode(im: Image.Image, limit: int) -> None:
+    if im.format in ("JPEG", "MPO"):
+        # Decode at 1/8 scale: libjpeg still reads every scan, so truncation shows, at a
+        # fraction of the cost of a full decode.
+        width, height = im.size
+        im.draft(im.mode, (max(1, width // 8), max(1, height // 8)))
+    _decode_or_reject(im.load, limit)
+
+
+def _decode_or_reject(step, limit: int) -> None:
+    try:
+        step()
+    except Image.DecompressionBombError:
+        raise decompression_bomb(limit) from None
+    except Exception:
+        raise corrupt() from None
+
+            # Decode at 1/8 scale: libjpeg still reads every scan, so truncation shows, at a
+            # fraction of the cost of a full decode.
+def _read_exif(im: Image.Image) -> Image.Exif | None:
+    # A broken EXIF block is common in old scans and edited files; it costs the metadata only.
+    try:
+        return im.getexif()
+    except Exception:
+        return None
+
+
+def _orientation(exif: Image.Exif | None) -> int:
+    if exif is None:
+        return 1
+    try:
+        return int(exif.get(ExifTags.Base.Orientation, 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _taken_at(exif: Image.Exif | None) -> dt.datetime | None:
+    """EXIF capture time: DateTimeOriginal (+ OffsetTimeOriginal), else DateTimeDigitized."""
+    if exif is None:
+        return None
+    try:
+        ifd = exif.get_ifd(ExifTags.IFD.Exif)
+    except Exception:
+        return None
+    for stamp_tag, offset_tag in (
+        (ExifTags.Base.DateTimeOriginal, ExifTags.Base.OffsetTimeOriginal),
+        (ExifTags.Base.DateTimeDigitized, ExifTags.Base.OffsetTimeDigitized),
+    ):
+        moment = parse_exif_datetime(ifd.get(stamp_tag), ifd.get(offset_tag))
+        if moment is not None:
+            return moment
+    return None
+
+
+def parse_exif_datetime(stamp: object, offset: object = None) -> dt.datetime | None:
+    """'2021:05:06 07:08:09' (+ '+02:00') -> an aware datetime; naive times are in TIME_ZONE."""
+    if not isinstance(stamp, str):
+        return None
+    try:
+        moment = dt.datetime.strptime(stamp.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
+    except ValueError:  # '0000:00:00 00:00:00' and blanks: cameras without a set clock
+        return None
+    if isinstance(offset, str):
+        try:
+            return moment.replace(tzinfo=dt.datetime.strptime(offset.strip("\x00 "), "%z").tzinfo)
+        except ValueError:
+            pass
+    return moment.replace(tzinfo=zoneinfo.ZoneInfo(settings.TIME_ZONE))
