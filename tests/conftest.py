@@ -11,6 +11,10 @@ from urllib.parse import quote
 
 import pytest
 
+# Tests never reach the hub; huggingface_hub reads this once, at its first import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 REDIS_URL = "redis://127.0.0.1:6379/14"  # a database of its own, flushed by the fixture
 
@@ -93,12 +97,12 @@ def start_worker(transactional_db, settings, tmp_path, monkeypatch):
             conf = {"broker_url": REDIS_URL, "result_backend": REDIS_URL, "broker_transport_options": {}}
         else:
             broker_dir = tmp_path / "broker"
-            env.update(CELERY_BROKER_URL="filesystem://", CLETIR_BROKER_DIR=str(broker_dir))
+            env.update(CELERY_BROKER_URL="filesystem://localhost//", CLETIR_BROKER_DIR=str(broker_dir))
             options = {"data_folder_in": str(broker_dir / "queue"), "data_folder_out": str(broker_dir / "queue"),
                        "control_folder": str(broker_dir / "control"), "store_processed": False}
             for folder in ("queue", "control", "results"):
                 (broker_dir / folder).mkdir(parents=True, exist_ok=True)
-            conf = {"broker_url": "filesystem://", "result_backend": (broker_dir / "results").as_uri(),
+            conf = {"broker_url": "filesystem://localhost//", "result_backend": (broker_dir / "results").as_uri(),
                     "broker_transport_options": options}
         _configure_app(app, conf)
         worker = WorkerProcess(env, queues, tmp_path / f"worker-{len(workers)}.log")
@@ -128,6 +132,54 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.25, message: st
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """The tiny random-weight profile, built once per session into a temporary folder that
+    CLETIR_MODEL_DIR points to (worker subprocesses inherit it)."""
+    import torch
+
+    from retrieval.engine.build_models import build_profile
+    from retrieval.engine.profiles import ENV_MODEL_DIR, ENV_OVERRIDES
+
+    # Tiny models are thousands of microsecond ops: on a 2-core machine shared with other
+    # processes, a second intra-op thread makes each op wait for a descheduled sibling and the
+    # suite several times slower, while one thread loses nothing at this size.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("cletir-models")
+    build_profile("tiny", root)
+    patch = pytest.MonkeyPatch()
+    patch.setenv(ENV_MODEL_DIR, str(root))
+    for var in [*ENV_OVERRIDES, "CLETIR_TORCH_THREADS"]:  # a site's overrides must not leak in
+        patch.delenv(var, raising=False)
+    yield root
+    patch.undo()
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoders(tiny_model_dir):
+    """The tiny profile's encoders on CPU (loaded once)."""
+    from retrieval.engine.encoders import load_encoders
+
+    return load_encoders("tiny", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_generator(tiny_model_dir):
+    """The tiny profile's proxy generator on CPU (loaded once)."""
+    from retrieval.engine.generator import load_generator
+
+    return load_generator("tiny", device="cpu")
+
+
+@pytest.fixture
+def media_root(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.MEDIA_ROOT.mkdir()
+    return settings.MEDIA_ROOT
 
 
 @pytest.fixture
