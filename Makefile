@@ -10,12 +10,17 @@ REDIS_PORT := 6379
 
 # Development defaults; a real site sets these in its environment (see README).
 export DJANGO_DEBUG ?= 1
+# Weights come from CLETIR_MODEL_DIR; set HF_HUB_OFFLINE=0 to let the libraries fetch missing
+# ones from the hub (on a machine with internet).
+export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
 .PHONY: demo test setup venv redis clean-state
 
 demo: setup
 	@$(PY) manage.py ensure_admin
+	$(PY) manage.py activate_profile --fallback-tiny
+	$(PY) manage.py import_sample_library
 	$(PY) -m cletir_site.demo
 
 test: setup redis

@@ -3,12 +3,17 @@ from django.urls import path
 from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
-from assets.api import LibraryViewSet
+from assets.api import AssetViewSet, LibraryViewSet
+from retrieval.api import AssetIndexStatusView, LibraryIndexProgressView, SearchViewSet
 
 router = DefaultRouter()
 router.register("libraries", LibraryViewSet, basename="library")
+router.register("assets", AssetViewSet, basename="asset")
+router.register("searches", SearchViewSet, basename="search")
 
 urlpatterns = [
     path("auth/token/", obtain_auth_token, name="api-token"),
+    path("libraries/<int:pk>/progress/", LibraryIndexProgressView.as_view(), name="library-progress"),
+    path("assets/<int:pk>/index-status/", AssetIndexStatusView.as_view(), name="asset-index-status"),
     *router.urls,
 ]

@@ -1,6 +1,7 @@
 """Settings, read from the environment (django-environ). Every variable is listed in README.md."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -78,6 +79,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "retrieval.context_processors.model_banner",
             ],
         },
     },
@@ -129,15 +131,47 @@ STATIC_ROOT = Path(env.str("CLETIR_STATIC_ROOT", default=str(VAR_DIR / "static")
 MEDIA_ROOT = Path(env.str("CLETIR_MEDIA_ROOT", default=str(VAR_DIR / "media")))
 MEDIA_URL = "media/"
 
+# --- Photos ----------------------------------------------------------------------------------
+# Limits of what an upload, an archive or `import_folder` may bring (decimal bytes: 1 MB = 10^6).
+CLETIR_MAX_UPLOAD_BYTES = env.int("CLETIR_MAX_UPLOAD_BYTES", default=200_000_000)
+# Larger images are refused before decoding: a small file can declare a huge canvas.
+CLETIR_MAX_IMAGE_PIXELS = env.int("CLETIR_MAX_IMAGE_PIXELS", default=100_000_000)
+CLETIR_MAX_ARCHIVE_ENTRIES = env.int("CLETIR_MAX_ARCHIVE_ENTRIES", default=100_000)
+CLETIR_MAX_ARCHIVE_BYTES = env.int("CLETIR_MAX_ARCHIVE_BYTES", default=10_000_000_000)  # uncompressed total
+# Renditions made once per photo in the background: name -> longest side in pixels and format.
+CLETIR_RENDITIONS = {
+    "thumb": {"max_side": env.int("CLETIR_THUMB_SIZE", default=320), "format": "WEBP"},
+    "preview": {"max_side": env.int("CLETIR_PREVIEW_SIZE", default=1600), "format": "JPEG"},
+}
+
 # --- Models ----------------------------------------------------------------------------------
 # Where model weights live (one folder per hub id); the engine reads CLETIR_MODEL_DIR too.
 CLETIR_MODEL_DIR = Path(env.str("CLETIR_MODEL_DIR", default=str(VAR_DIR / "models")))
+# The engine knows nothing of Django and reads the variable itself: hand it the same folder.
+os.environ["CLETIR_MODEL_DIR"] = str(CLETIR_MODEL_DIR)
+# The profile whose space `manage.py activate_profile` activates by default.
+CLETIR_PROFILE = env.str("CLETIR_PROFILE", default="default")
+# Photos embedded per forward pass by the indexing task.
+CLETIR_INDEX_BATCH_SIZE = env.int("CLETIR_INDEX_BATCH_SIZE", default=32)
+
+# --- Search ---
+# How many ranked photos a search stores (the gallery pages through them).
+CLETIR_SEARCH_TOP_N = env.int("CLETIR_SEARCH_TOP_N", default=1000)
+# λ when the space has no trained aggregator: score = (1-λ)<t, I(x)> + λ<q, V(x)>.
+CLETIR_FUSION_LAMBDA = env.float("CLETIR_FUSION_LAMBDA", default=0.5)
+# How hard negative examples push similar photos down: q' = normalize(q - β n).
+CLETIR_NEGATIVE_WEIGHT = env.float("CLETIR_NEGATIVE_WEIGHT", default=0.5)
+# HNSW query quality floor (raised to the number of results asked for, at most 1000) and the
+# most index tuples a filtered (iterative) scan may visit; tuned by bench/search.py.
+CLETIR_HNSW_EF_SEARCH = env.int("CLETIR_HNSW_EF_SEARCH", default=200)
+CLETIR_HNSW_MAX_SCAN_TUPLES = env.int("CLETIR_HNSW_MAX_SCAN_TUPLES", default=50_000)
 
 # --- Celery ----------------------------------------------------------------------------------
 # Without CELERY_BROKER_URL, kombu's filesystem transport: a real broker between separate
 # processes on one machine, with nothing to install. Production and the integration tests
 # use Redis.
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+# "localhost" only names the machine: kombu warns about a filesystem URL without a host.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://localhost//")
 CELERY_BROKER_DIR = Path(env.str("CLETIR_BROKER_DIR", default=str(VAR_DIR / "broker")))
 if CELERY_BROKER_URL.startswith("filesystem://"):
     CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -181,7 +215,11 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", default="INFO")},
-    # pgserver logs every attach/detach of the embedded server at INFO: noise for us.
-    "loggers": {"pgserver": {"level": "WARNING"}},
+    # Libraries (open_clip, pgserver, ...) log chatter at INFO on the root logger: keep the
+    # root at WARNING and our own apps at DJANGO_LOG_LEVEL.
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        name: {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", default="INFO"), "propagate": False}
+        for name in ("cletir_site", "assets", "retrieval", "django", "celery")
+    },
 }

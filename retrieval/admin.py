@@ -1,25 +1,108 @@
-from django.contrib import admin
-from django.db.models import Count
+"""Admin of indexes: embedding spaces (activate, progress) and index actions on libraries and
+photos. `assets` knows nothing of indexing, so its admin classes are extended here."""
+from django.contrib import admin, messages
+from django.db.models import Exists, OuterRef
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
-from .models import AssetEmbedding, EmbeddingSpace, WorkerHeartbeat
+from assets.admin import AssetAdmin, LibraryAdmin
+from assets.models import Asset, Library
+
+from .indexing import index_progress, reindex
+from .models import AssetEmbedding, EmbeddingSpace, IndexingFailure, ProxySet, Search, SearchResult, WorkerHeartbeat
+from .spaces import active_space, activate_space
+
+
+def _reindex(modeladmin, request, assets):
+    space = active_space()
+    if space is None:
+        modeladmin.message_user(request, "No embedding space is active: run manage.py activate_profile.", messages.ERROR)
+        return
+    count = reindex(space, assets)
+    modeladmin.message_user(request, f"{count} photos queued for re-indexing into {space}.")
+
+
+@admin.action(description="Re-index the photos of the selected libraries (active space)")
+def reindex_libraries(modeladmin, request, queryset):
+    _reindex(modeladmin, request, Asset.objects.filter(library__in=queryset))
+
+
+@admin.action(description="Re-index the selected photos (active space)")
+def reindex_assets(modeladmin, request, queryset):
+    _reindex(modeladmin, request, queryset)
+
+
+class IndexStatusFilter(admin.SimpleListFilter):
+    title = "index status (active space)"
+    parameter_name = "indexed"
+
+    def lookups(self, request, model_admin):
+        return [("indexed", "indexed"), ("pending", "pending"), ("failed", "failed")]
+
+    def queryset(self, request, queryset):
+        space = active_space()
+        if not self.value() or space is None:
+            return queryset
+        embedded = Exists(AssetEmbedding.objects.filter(asset=OuterRef("pk"), space=space))
+        failed = Exists(IndexingFailure.objects.filter(asset=OuterRef("pk"), space=space))
+        if self.value() == "indexed":
+            return queryset.filter(embedded)
+        if self.value() == "failed":
+            return queryset.filter(failed, ~embedded)
+        return queryset.filter(~embedded, ~failed)
+
+
+class IndexedLibraryAdmin(LibraryAdmin):
+    list_display = [*LibraryAdmin.list_display, "index"]
+    actions = [reindex_libraries]
+
+    @admin.display(description="index (active space)")
+    def index(self, library):
+        p = index_progress(active_space(), Library.objects.filter(pk=library.pk))
+        return f"{p.indexed} indexed · {p.pending} pending · {p.failed} failed"
+
+
+class IndexedAssetAdmin(AssetAdmin):
+    list_filter = [*AssetAdmin.list_filter, IndexStatusFilter]
+    actions = [reindex_assets]
+
+
+admin.site.unregister(Library)
+admin.site.register(Library, IndexedLibraryAdmin)
+admin.site.unregister(Asset)
+admin.site.register(Asset, IndexedAssetAdmin)
 
 
 @admin.register(EmbeddingSpace)
 class EmbeddingSpaceAdmin(admin.ModelAdmin):
-    list_display = ["name", "profile", "vlm_model", "vision_model", "dims", "is_active", "embedded", "created_at"]
-    list_filter = ["profile", "is_active"]
-    readonly_fields = ["fingerprint", "versions", "vlm_dim", "vision_dim", "created_at"]
+    list_display = ["name", "profile", "vlm_model", "vision_model", "dims", "is_active", "is_serving", "progress", "created_at"]
+    list_filter = ["profile", "is_active", "is_serving"]
+    readonly_fields = ["name", "profile", "vlm_model", "vision_model", "generator_model", "fingerprint", "versions",
+                       "vlm_dim", "vision_dim", "is_active", "is_serving", "activated_at", "completed_at",
+                       "indexing_queued_at", "created_at"]
+    actions = ["activate"]
 
-    def get_queryset(self, request):
-        return super().get_queryset(request).annotate(_embedded=Count("embeddings"))
+    def has_add_permission(self, request):
+        return False  # spaces come from model profiles: manage.py activate_profile
 
     @admin.display(description="dims")
     def dims(self, obj):
         return f"{obj.vlm_dim} + {obj.vision_dim} = {obj.dim}"
 
-    @admin.display(description="photos embedded", ordering="_embedded")
-    def embedded(self, obj):
-        return obj._embedded
+    @admin.display(description="photos indexed")
+    def progress(self, obj):
+        p = index_progress(obj)
+        return f"{p.indexed} / {p.total} ({p.percent}%), {p.failed} failed"
+
+    @admin.action(description="Activate (re-index every library into it; search switches when complete)")
+    def activate(self, request, queryset):
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one space to activate.", messages.ERROR)
+            return
+        space = queryset.get()
+        activate_space(space)
+        self.message_user(request, f"{space} is active; every library is being indexed into it in the background.")
 
 
 @admin.register(AssetEmbedding)
@@ -27,13 +110,79 @@ class AssetEmbeddingAdmin(admin.ModelAdmin):
     list_display = ["asset", "space", "created_at"]
     list_filter = ["space"]
     list_select_related = ["asset", "space"]
-    raw_id_fields = ["asset"]
     # The vector itself is hundreds of numbers; nobody edits it by hand.
     exclude = ["vector"]
     readonly_fields = ["asset", "space", "created_at"]
+
+
+@admin.register(IndexingFailure)
+class IndexingFailureAdmin(admin.ModelAdmin):
+    list_display = ["asset", "space", "error", "created_at"]
+    list_filter = ["space"]
+    readonly_fields = ["asset", "space", "error", "created_at"]
 
 
 @admin.register(WorkerHeartbeat)
 class WorkerHeartbeatAdmin(admin.ModelAdmin):
     list_display = ["hostname", "queues", "pid", "started_at", "last_seen"]
     readonly_fields = ["hostname", "queues", "pid", "started_at", "last_seen"]
+
+
+class SearchResultInline(admin.TabularInline):
+    model = SearchResult
+    fields = ["rank", "asset", "score", "text_score", "image_score"]
+    readonly_fields = fields
+    can_delete = False
+    extra = 0
+    max_num = 0
+    ordering = ["rank"]
+
+    def get_queryset(self, request):
+        # The first page is what an admin checks; a search stores up to CLETIR_SEARCH_TOP_N rows.
+        return super().get_queryset(request).filter(rank__lte=50).select_related("asset")
+
+
+@admin.register(Search)
+class SearchAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "user", "status", "result_count", "total_seconds", "proxies_cached", "created_at"]
+    list_filter = ["status", "text_only", "aggregation"]
+    search_fields = ["text", "user__username"]
+    readonly_fields = [f.name for f in Search._meta.fields] + ["timings_table"]
+    exclude = ["libraries", "positive_assets", "negative_assets"]
+    inlines = [SearchResultInline]
+
+    def has_add_permission(self, request):
+        return False  # searches are made by users, through the pages and the API
+
+    @admin.display(description="total s")
+    def total_seconds(self, search):
+        return search.timings.get("total")
+
+    @admin.display(description="cached proxies", boolean=True)
+    def proxies_cached(self, search):
+        return search.timings.get("proxies_cached")
+
+    @admin.display(description="timings")
+    def timings_table(self, search):
+        rows = "".join(f"<tr><th>{stage}</th><td>{value}</td></tr>" for stage, value in search.timings.items())
+        return format_html("<table>{}</table>", mark_safe(rows))  # values come from the worker, not users
+
+
+@admin.register(ProxySet)
+class ProxySetAdmin(admin.ModelAdmin):
+    list_display = ["query", "space", "k", "generation_seconds", "created_at"]
+    list_filter = ["space"]
+    search_fields = ["query"]
+    readonly_fields = ["query", "space", "generator_key", "generator_versions", "seeds", "prompt",
+                       "generation_seconds", "created_at", "images_preview"]
+    exclude = ["features", "seeds_key"]
+
+    def has_add_permission(self, request):
+        return False  # proxy sets are generated by searches; delete one to force regeneration
+
+    @admin.display(description="images")
+    def images_preview(self, proxy_set):
+        return format_html_join(
+            "", '<img src="{}" alt="proxy {}" style="width:160px;height:160px;object-fit:cover;margin:4px">',
+            ((reverse("admin-proxy-image", args=[image.pk]), image.index) for image in proxy_set.images.all()),
+        )

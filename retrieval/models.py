@@ -1,11 +1,12 @@
 """Embedding spaces, photo vectors, and worker heartbeats."""
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from pgvector.django import HalfVectorField
 
-from assets.models import Asset
+from assets.models import Asset, Library
 
 
 class EmbeddingSpace(models.Model):
@@ -24,13 +25,26 @@ class EmbeddingSpace(models.Model):
     vision_dim = models.PositiveIntegerField()
     versions = models.JSONField(default=dict, help_text="What made the vectors: ids, dims, weight fingerprints")
     fingerprint = models.CharField(max_length=64, unique=True)
+    # The space new photos are indexed into and a re-index fills. Search reads the *serving*
+    # space, which is the active one once every photo has a vector (or failed) in it: until
+    # then search keeps using the complete old space, and never mixes two.
     is_active = models.BooleanField(default=False)
+    is_serving = models.BooleanField(default=False)
+    activated_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True, help_text="When the re-index after activation finished")
+    # Set while an indexing task for this space is queued, so uploads of 10,000 photos queue
+    # one task, not 10,000 (see retrieval.indexing.schedule_indexing).
+    indexing_queued_at = models.DateTimeField(null=True, blank=True)
+    # Trained aggregation network for this space's vision encoder (safetensors, under
+    # MEDIA_ROOT); without one, search uses the mean of the proxies and CLETIR_FUSION_LAMBDA.
+    aggregator_file = models.FileField(upload_to="aggregators/", blank=True, max_length=500)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [
             models.UniqueConstraint(fields=["is_active"], condition=Q(is_active=True), name="one_active_space"),
+            models.UniqueConstraint(fields=["is_serving"], condition=Q(is_serving=True), name="one_serving_space"),
         ]
 
     def __str__(self) -> str:
@@ -62,6 +76,22 @@ class AssetEmbedding(models.Model):
         return f"asset {self.asset_id} in space {self.space_id}"
 
 
+class IndexingFailure(models.Model):
+    """A photo that could not be embedded in a space, with the reason; it is not retried
+    automatically (re-index it from the admin once the cause is fixed)."""
+
+    asset = models.ForeignKey(Asset, on_delete=models.CASCADE, related_name="indexing_failures")
+    space = models.ForeignKey(EmbeddingSpace, on_delete=models.CASCADE, related_name="failures")
+    error = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["asset", "space"], name="one_failure_per_asset_and_space")]
+
+    def __str__(self) -> str:
+        return f"asset {self.asset_id} failed in space {self.space_id}"
+
+
 class WorkerHeartbeat(models.Model):
     """A Celery worker process that reported itself recently (read by /healthz)."""
 
@@ -73,3 +103,137 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return self.hostname
+
+
+class ProxySet(models.Model):
+    """Generated proxy images of a query and their vision features, cached.
+
+    Keyed by what determines them: the normalised query text, the space (its vision encoder
+    made the features), the generator (ids, weights, size, steps, prompt: `generator_key`) and
+    the seeds. A repeated category query finds its set here and generates nothing.
+    """
+
+    query = models.CharField(max_length=300)
+    space = models.ForeignKey(EmbeddingSpace, on_delete=models.CASCADE, related_name="proxy_sets")
+    generator_key = models.CharField(max_length=64)
+    generator_versions = models.JSONField(default=dict)
+    seeds = models.JSONField(default=list)
+    seeds_key = models.CharField(max_length=400, help_text="The seeds joined by commas (part of the cache key)")
+    prompt = models.CharField(max_length=400)
+    # float32 array (K, vision_dim) in .npy format: read back whole, never queried in SQL.
+    features = models.BinaryField()
+    generation_seconds = models.FloatField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["query", "space", "generator_key", "seeds_key"], name="one_proxy_set_per_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"“{self.query}” × {len(self.seeds)}"
+
+    @property
+    def k(self) -> int:
+        return len(self.seeds)
+
+
+def proxy_image_path(image: "ProxyImage", filename: str) -> str:
+    return f"proxies/{image.proxy_set_id}/{image.index}.webp"
+
+
+class ProxyImage(models.Model):
+    proxy_set = models.ForeignKey(ProxySet, on_delete=models.CASCADE, related_name="images")
+    index = models.PositiveSmallIntegerField()
+    seed = models.BigIntegerField()
+    file = models.ImageField(upload_to=proxy_image_path, max_length=300)
+
+    class Meta:
+        ordering = ["proxy_set", "index"]
+        constraints = [models.UniqueConstraint(fields=["proxy_set", "index"], name="one_proxy_image_per_index")]
+
+
+class Search(models.Model):
+    """One category query over some libraries, run by a worker on the `search` queue."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        GENERATING = "generating", "Generating proxies"
+        RANKING = "ranking", "Ranking"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="searches")
+    text = models.CharField(max_length=300, blank=True, help_text="Empty for a search by example photos alone")
+    # Empty: every library the user may see when the search runs.
+    libraries = models.ManyToManyField(Library, blank=True, related_name="+")
+    k = models.PositiveSmallIntegerField()
+    seed = models.BigIntegerField(default=0)
+    lambda_override = models.FloatField(null=True, blank=True)
+    text_only = models.BooleanField(default=False)
+    top_n = models.PositiveIntegerField(default=1000)
+    # Refinement: a search made from another keeps its proxies (no generation) and changes
+    # which proxies count, adds example photos, or adds negatives.
+    parent = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="refinements")
+    disabled_proxies = models.JSONField(default=list, blank=True, help_text="Indexes of proxies switched off")
+    positive_assets = models.ManyToManyField(Asset, blank=True, related_name="+")
+    negative_assets = models.ManyToManyField(Asset, blank=True, related_name="+")
+    negative_text = models.CharField(max_length=300, blank=True)
+
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    progress = models.PositiveSmallIntegerField(default=0)
+    error = models.TextField(blank=True)
+    space = models.ForeignKey(EmbeddingSpace, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    proxy_set = models.ForeignKey(ProxySet, on_delete=models.SET_NULL, null=True, blank=True, related_name="searches")
+    negative_proxy_set = models.ForeignKey(ProxySet, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    lambda_used = models.FloatField(null=True, blank=True)
+    aggregation = models.CharField(max_length=20, blank=True, help_text="mean, trained or none")
+    timings = models.JSONField(default=dict, blank=True, help_text="Seconds per stage, measured in the worker")
+    result_count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.text or "search by example"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (self.Status.DONE, self.Status.FAILED)
+
+
+def search_example_path(example: "SearchExample", filename: str) -> str:
+    return f"search-examples/{example.search_id}/{example.pk or 'new'}-{example.kind}.jpg"
+
+
+class SearchExample(models.Model):
+    """A photo uploaded to a search as an extra proxy (positive) or a negative example."""
+
+    class Kind(models.TextChoices):
+        POSITIVE = "positive", "Positive"
+        NEGATIVE = "negative", "Negative"
+
+    search = models.ForeignKey(Search, on_delete=models.CASCADE, related_name="examples")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    file = models.ImageField(upload_to=search_example_path, max_length=300)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+
+class SearchResult(models.Model):
+    search = models.ForeignKey(Search, on_delete=models.CASCADE, related_name="results")
+    asset = models.ForeignKey(Asset, on_delete=models.CASCADE, related_name="+")
+    rank = models.PositiveIntegerField()
+    score = models.FloatField()
+    text_score = models.FloatField(help_text="(1-λ)·<t, I(x)>")
+    image_score = models.FloatField(help_text="λ·<q, V(x)> (minus the negative part, when any)")
+
+    class Meta:
+        ordering = ["search", "rank"]
+        constraints = [
+            models.UniqueConstraint(fields=["search", "rank"], name="one_result_per_rank"),
+            models.UniqueConstraint(fields=["search", "asset"], name="one_result_per_asset"),
+        ]

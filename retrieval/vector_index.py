@@ -12,6 +12,10 @@ from .models import AssetEmbedding, EmbeddingSpace
 
 TABLE = AssetEmbedding._meta.db_table
 
+# HNSW build parameters, measured with bench/search.py (100k × 896 clustered vectors).
+DEFAULT_M = 16
+DEFAULT_EF_CONSTRUCTION = 64
+
 
 def index_name(space: EmbeddingSpace) -> str:
     return f"{TABLE}_space_{space.pk}_hnsw"
@@ -22,7 +26,7 @@ def vector_expression(space: EmbeddingSpace) -> str:
     return f"(vector::halfvec({int(space.dim)}))"
 
 
-def ensure_space_index(space: EmbeddingSpace, m: int = 16, ef_construction: int = 64) -> None:
+def ensure_space_index(space: EmbeddingSpace, m: int = DEFAULT_M, ef_construction: int = DEFAULT_EF_CONSTRUCTION) -> None:
     """Create the space's HNSW index if it does not exist (idempotent, safe to call twice)."""
     with connection.cursor() as cursor:
         # Django's foreign keys are DEFERRABLE: rows written earlier in the same transaction

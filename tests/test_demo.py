@@ -37,7 +37,7 @@ def _get(url: str) -> tuple[int, dict] | None:
 def test_demo_serves_healthy_and_stops_on_ctrl_c(tmp_path):
     port = _free_port()
     env = {**os.environ, "DJANGO_DEBUG": "1", "DATABASE_URL": database_url_for(connection.settings_dict),
-           "CELERY_BROKER_URL": "filesystem://", "CLETIR_BROKER_DIR": str(tmp_path / "broker"),
+           "CELERY_BROKER_URL": "filesystem://localhost//", "CLETIR_BROKER_DIR": str(tmp_path / "broker"),
            "CLETIR_DEMO_ADDRESS": f"127.0.0.1:{port}", "CLETIR_WORKER_HEARTBEAT_SECONDS": "2"}
     env.pop("DJANGO_SETTINGS_MODULE", None)
     log = open(tmp_path / "demo.log", "wb")

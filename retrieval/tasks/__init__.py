@@ -1,4 +1,4 @@
 """Celery tasks of cletir. Modules map to queues through their names (see cletir_site.celery):
 `retrieval.tasks.search.*` → `search`, `retrieval.tasks.embed.*` → `embed`, the rest → `default`.
 """
-from . import maintenance  # noqa: F401  (registers the tasks with the app)
+from . import embed, maintenance, search  # noqa: F401  (registers the tasks with the app)

@@ -1,0 +1,132 @@
+"""REST API of retrieval: searches and their results, and indexing state."""
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from assets.models import Asset, Library
+from assets.permissions import library_for
+
+from .indexing import index_progress
+from .models import AssetEmbedding, IndexingFailure, Search
+from .search_service import Refinement, SearchInputError, SearchRequest, create_search, refine_search
+from .serializers import SearchCreateSerializer, SearchRefineSerializer, SearchResultSerializer, SearchSerializer
+from .spaces import active_space, serving_space
+
+_COUNTS = {name: serializers.IntegerField() for name in ("total", "indexed", "pending", "failed", "percent")}
+
+
+def library_progress(library: Library) -> dict:
+    """Index counts of the active space; while a new space is being filled, the counts of the
+    space search still uses are given too."""
+    active, serving = active_space(), serving_space()
+    libraries = Library.objects.filter(pk=library.pk)
+    body = {"space": active.name if active else None, **index_progress(active, libraries).as_dict()}
+    body["searchable"] = serving is not None and (body["indexed"] > 0 or serving != active)
+    body["reindexing"] = None
+    if serving and active and serving != active:
+        body["reindexing"] = {"serving_space": serving.name, **index_progress(serving, libraries).as_dict()}
+    return body
+
+
+class LibraryIndexProgressView(APIView):
+    @extend_schema(responses=inline_serializer("LibraryIndexProgress", {
+        "space": serializers.CharField(allow_null=True), **_COUNTS, "searchable": serializers.BooleanField(),
+        "reindexing": inline_serializer("ReindexProgress", {"serving_space": serializers.CharField(), **_COUNTS}, allow_null=True),
+    }))
+    def get(self, request, pk):
+        library, _ = library_for(request.user, pk)
+        return Response(library_progress(library))
+
+
+class AssetIndexStatusView(APIView):
+    @extend_schema(responses=inline_serializer("AssetIndexStatus", {
+        "space": serializers.CharField(allow_null=True),
+        "status": serializers.ChoiceField(choices=["indexed", "pending", "failed", "no_space"]),
+        "error": serializers.CharField(allow_null=True),
+    }))
+    def get(self, request, pk):
+        asset = Asset.objects.filter(pk=pk).first()
+        if asset is None:
+            from django.http import Http404
+
+            raise Http404
+        library_for(request.user, asset.library_id)
+        space = active_space()
+        if space is None:
+            return Response({"space": None, "status": "no_space", "error": None})
+        if AssetEmbedding.objects.filter(asset=asset, space=space).exists():
+            return Response({"space": space.name, "status": "indexed", "error": None})
+        failure = IndexingFailure.objects.filter(asset=asset, space=space).first()
+        if failure:
+            return Response({"space": space.name, "status": "failed", "error": failure.error})
+        return Response({"space": space.name, "status": "pending", "error": None})
+
+
+class ResultPagination(PageNumberPagination):
+    page_size = 48
+    page_size_query_param = "size"
+    max_page_size = 200
+
+
+class SearchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Searches of the current user. POST creates one and answers 202: the search runs on a
+    worker; poll its URL until `status` is `done`, then page through `results_url`."""
+
+    serializer_class = SearchSerializer
+    pagination_class = ResultPagination
+
+    def get_queryset(self):
+        return (Search.objects.filter(user=self.request.user).select_related("space", "proxy_set")
+                .prefetch_related("libraries", "proxy_set__images").order_by("-created_at", "-id"))
+
+    def _accepted(self, search: Search) -> Response:
+        search = self.get_queryset().get(pk=search.pk)
+        body = SearchSerializer(search, context=self.get_serializer_context()).data
+        return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})
+
+    @extend_schema(request=SearchCreateSerializer, responses={202: SearchSerializer})
+    def create(self, request):
+        data = SearchCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        try:
+            search = create_search(request.user, SearchRequest(
+                text=values["text"], library_ids=values["libraries"], k=values["k"], seed=values["seed"],
+                lambda_override=values["lambda_override"], text_only=values["text_only"],
+            ))
+        except SearchInputError as exc:
+            raise ValidationError(exc.errors) from None
+        return self._accepted(search)
+
+    @extend_schema(request=SearchRefineSerializer, responses={202: SearchSerializer})
+    @action(detail=True, methods=["post"])
+    def refine(self, request, pk=None):
+        parent = self.get_object()
+        data = SearchRefineSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        try:
+            search = refine_search(parent, request.user, Refinement(
+                disabled_proxies=values["disabled_proxies"], positive_asset_ids=values["positive_assets"],
+                negative_asset_ids=values["negative_assets"], negative_text=values["negative_text"],
+            ))
+        except SearchInputError as exc:
+            raise ValidationError(exc.errors) from None
+        return self._accepted(search)
+
+    @extend_schema(responses=SearchResultSerializer(many=True),
+                   parameters=[OpenApiParameter("size", int, description="results per page (at most 200)")])
+    @action(detail=True, methods=["get"])
+    def results(self, request, pk=None):
+        search = self.get_object()
+        paginator = ResultPagination()
+        # Ordered by rank, a unique key per search: pages never overlap or skip a result.
+        rows = search.results.select_related("asset").order_by("rank")
+        page = paginator.paginate_queryset(rows, request, view=self)
+        return paginator.get_paginated_response(SearchResultSerializer(page, many=True, context={"request": request}).data)

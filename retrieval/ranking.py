@@ -1,0 +1,168 @@
+"""Ranking photos of some libraries by one fused query vector: one pgvector query.
+
+The fused score of METHOD.md step 5 is the inner product <u, e(x)> of the query vector
+u = [(1-λ)t; λq] with the stored photo vector e(x) = [I(x); V(x)], so the whole ranking is one
+`ORDER BY e <#> u LIMIT N` over the space's partial HNSW index (see `vector_index`).
+
+Three pgvector facts shape the query (ARCHITECTURE.md, "pgvector facts that bite"):
+
+* `hnsw.ef_search` caps how many rows one graph search yields; it is raised to at least N
+  (up to pgvector's maximum of 1000; beyond that the iterative scan supplies the rest).
+* The library filter is applied after the graph scan, so without `hnsw.iterative_scan` a filter
+  keeping 10% of the rows returns ~10% of N. With `relaxed_order` the scan keeps going until N
+  rows passed the filter (or `hnsw.max_scan_tuples` were visited), but rows may come out
+  slightly out of order: the hits are materialised in a CTE and sorted again.
+* The iterative scan stops when its memory passes `work_mem × hnsw.scan_mem_multiplier`; for
+  896-dim vectors the default (1 × 4 MB) ends a filtered scan after a few thousand tuples, so
+  the multiplier is raised for the duration of the query.
+
+The score parts shown to the user are recomputed here with numpy from the returned vectors
+(`fusion.score_parts`): text part (1-λ)<t, I(x)> and image part λ<q, V(x)>, and the fused score
+is their sum in float64, so `score == text_score + image_score` holds exactly. The final order
+is that score, descending, ties broken by asset id, so pages of results never shuffle.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from django.conf import settings
+from django.db import connection, transaction
+
+from assets.models import Asset
+
+from .engine.fusion import score_parts
+from .models import AssetEmbedding, EmbeddingSpace
+from .vector_index import vector_expression
+
+# pgvector refuses an ef_search above 1000.
+MAX_EF_SEARCH = 1000
+# Memory of an iterative scan = work_mem × this multiplier (pgvector's default is 1). Tuned by
+# bench/search.py: a 10%-filter at N=1000 over 896-dim vectors needs ~40k scanned tuples.
+SCAN_MEM_MULTIPLIER = 8
+
+
+@dataclass(frozen=True)
+class RankedRow:
+    asset_id: int
+    score: float
+    text_score: float
+    image_score: float
+
+
+def ef_search_for(top_n: int) -> int:
+    """ef_search for a query returning `top_n` rows: the tuned quality floor, at least N."""
+    return int(min(MAX_EF_SEARCH, max(settings.CLETIR_HNSW_EF_SEARCH, top_n)))
+
+
+def _halfvec_literal(vector: np.ndarray) -> str:
+    # repr of a Python float round-trips exactly; pgvector parses it and rounds to half.
+    return "[" + ",".join(repr(float(x)) for x in vector) + "]"
+
+
+def _ranking_sql(space: EmbeddingSpace, exact: bool) -> str:
+    dim = int(space.dim)
+    # Approximate: exactly the indexed expression, or the planner ignores the index. Exact: the
+    # bare column (every vector of a space has its dim), which no index covers, so it is always
+    # a full scan; done this way rather than with `SET enable_indexscan = off`, which would
+    # outlive this query when the caller is inside a transaction.
+    expr = "e.vector <#> %(query)s::halfvec" if exact else f"{vector_expression(space)} <#> %(query)s::halfvec({dim})"
+    embeddings, assets = AssetEmbedding._meta.db_table, Asset._meta.db_table
+    # The space id is an inlined integer, not a parameter: the planner must see the partial
+    # index predicate `space_id = N` as a constant to use the index.
+    return f"""
+        WITH hits AS MATERIALIZED (
+            SELECT e.asset_id, e.vector, {expr} AS distance
+            FROM "{embeddings}" e
+            JOIN "{assets}" a ON a.id = e.asset_id
+            WHERE e.space_id = {int(space.pk)}
+              AND a.library_id = ANY(%(libraries)s)
+              AND a.status <> %(failed)s
+            ORDER BY {expr}
+            LIMIT %(limit)s
+        )
+        SELECT asset_id, halfvec_send(vector) FROM hits ORDER BY distance, asset_id
+    """
+
+
+def _configure_scan(cursor, top_n: int) -> None:
+    # SET LOCAL: the settings end with the transaction and never leak into the pooled
+    # connection's next query (they only concern HNSW scans anyway). One round trip for all.
+    cursor.execute(
+        f"SET LOCAL hnsw.ef_search = {ef_search_for(top_n)}; "
+        "SET LOCAL hnsw.iterative_scan = relaxed_order; "
+        f"SET LOCAL hnsw.max_scan_tuples = {int(settings.CLETIR_HNSW_MAX_SCAN_TUPLES)}; "
+        f"SET LOCAL hnsw.scan_mem_multiplier = {SCAN_MEM_MULTIPLIER}"
+    )
+
+
+def _params(u: np.ndarray, library_ids: list[int], top_n: int) -> dict:
+    return {
+        "query": _halfvec_literal(u),
+        "libraries": [int(pk) for pk in library_ids],
+        "failed": Asset.Status.FAILED,
+        "limit": int(top_n),
+    }
+
+
+def _checked_query(space: EmbeddingSpace, query_vector: np.ndarray) -> np.ndarray:
+    u = np.asarray(query_vector, dtype=np.float32)
+    if u.shape != (space.dim,):
+        raise ValueError(f"query vector must have shape ({space.dim},), got {u.shape}")
+    return u
+
+
+def explain(space: EmbeddingSpace, query_vector: np.ndarray, library_ids: list[int], top_n: int,
+            exact: bool = False) -> str:
+    """The plan `rank` gets for these arguments (EXPLAIN ANALYZE): tests and the benchmark
+    check that the approximate ranking really reads the space's HNSW index."""
+    u = _checked_query(space, query_vector)
+    with transaction.atomic(), connection.cursor() as cursor:
+        if not exact:
+            _configure_scan(cursor, top_n)
+        cursor.execute("EXPLAIN (ANALYZE, COSTS OFF) " + _ranking_sql(space, exact), _params(u, library_ids, top_n))
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
+def _decode_halfvecs(blobs: list[bytes], dim: int) -> np.ndarray:
+    """pgvector's binary halfvec (int16 dim, int16 unused, big-endian float16s) -> (n, dim)."""
+    raw = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), 4 + 2 * dim)
+    return raw[:, 4:].copy().view(">f2").astype(np.float32)
+
+
+def rank(
+    space: EmbeddingSpace,
+    query_vector: np.ndarray,
+    library_ids: list[int],
+    top_n: int,
+    exact: bool = False,
+) -> list[RankedRow]:
+    """The `top_n` photos of `library_ids` in `space` by fused score <u, e(x)>, best first.
+
+    `query_vector` is u = [(1-λ)t; λq] (`fusion.query_vector`), length `space.dim`; photos of
+    failed assets are never returned. `exact=True` ranks without the HNSW index (a full scan of
+    the space: the baseline for tests and the benchmark).
+    """
+    u = _checked_query(space, query_vector)
+    if top_n < 1 or not library_ids:
+        return []
+    with transaction.atomic(), connection.cursor() as cursor:
+        if not exact:
+            _configure_scan(cursor, top_n)
+        cursor.execute(_ranking_sql(space, exact), _params(u, library_ids, top_n))
+        rows = cursor.fetchall()
+    if not rows:
+        return []
+    asset_ids = np.array([row[0] for row in rows], dtype=np.int64)
+    vectors = _decode_halfvecs([bytes(row[1]) for row in rows], space.dim)
+    _, text32, image32 = score_parts(u, vectors, space.vlm_dim)
+    text, image = text32.astype(np.float64), image32.astype(np.float64)
+    fused = text + image
+    # The database ordered by the half-precision query; the stored scores are the float32
+    # query's, so order by them (ties: lower asset id first) to keep scores monotonic.
+    order = np.lexsort((asset_ids, -fused))
+    return [
+        RankedRow(asset_id=int(asset_ids[i]), score=float(fused[i]), text_score=float(text[i]),
+                  image_score=float(image[i]))
+        for i in order
+    ]

@@ -1,0 +1,11 @@
+"""How `retrieval` reacts to what `assets` announces."""
+from __future__ import annotations
+
+
+def queue_indexing_of_stored_photo(sender, asset_id: int, **kwargs) -> None:
+    """A new photo: make sure an indexing run of the active space is queued (one run covers
+    every photo pending at the time it works, so a 10,000-photo upload queues one task)."""
+    from .indexing import schedule_indexing
+    from .spaces import active_space
+
+    schedule_indexing(active_space())

@@ -1,0 +1,167 @@
+"""Creating searches: validation shared by the pages and the API, and queueing.
+
+A search is a row first (so the user has something to watch) and a task second, queued when
+the row is committed. Refinements are new searches that point at their parent: they keep its
+proxies, so re-ranking never regenerates what exists.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import transaction
+
+from assets.models import Asset
+from assets.permissions import libraries_visible_to
+
+from .models import Search, SearchExample
+
+logger = logging.getLogger(__name__)
+
+MAX_QUERY_LENGTH = 300
+K_RANGE = (1, 16)
+
+
+class SearchInputError(ValueError):
+    """Bad search input: `errors` maps a field name to its messages (a 400 for the API)."""
+
+    def __init__(self, errors: dict[str, list[str]]):
+        super().__init__("; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()))
+        self.errors = errors
+
+
+@dataclass
+class SearchRequest:
+    text: str = ""
+    library_ids: list[int] = field(default_factory=list)
+    k: int | None = None
+    seed: int = 0
+    lambda_override: float | None = None
+    text_only: bool = False
+
+
+@dataclass
+class Refinement:
+    disabled_proxies: list[int] = field(default_factory=list)
+    positive_asset_ids: list[int] = field(default_factory=list)
+    negative_asset_ids: list[int] = field(default_factory=list)
+    negative_text: str = ""
+    positive_uploads: list = field(default_factory=list)
+    negative_uploads: list = field(default_factory=list)
+
+
+def _clean_text(text: str, name: str, errors: dict) -> str:
+    text = " ".join((text or "").split())
+    if len(text) > MAX_QUERY_LENGTH:
+        errors.setdefault(name, []).append(f"At most {MAX_QUERY_LENGTH} characters (this has {len(text)}).")
+    return text
+
+
+def _default_k() -> int:
+    from .spaces import serving_space
+    from retrieval.engine.profiles import PROFILES
+
+    space = serving_space()
+    profile = PROFILES.get(space.profile) if space else None
+    return profile.k if profile else 4
+
+
+def create_search(user, request: SearchRequest) -> Search:
+    """Validate, store and queue a search; raises SearchInputError on bad input."""
+    errors: dict[str, list[str]] = {}
+    text = _clean_text(request.text, "text", errors)
+    if not text:
+        errors.setdefault("text", []).append("Type what to search for (a category such as “sailboat”).")
+    k = request.k if request.k is not None else _default_k()
+    if not K_RANGE[0] <= k <= K_RANGE[1]:
+        errors.setdefault("k", []).append(f"K (proxy images) must be between {K_RANGE[0]} and {K_RANGE[1]}.")
+    if not 0 <= request.seed < 2**63:
+        errors.setdefault("seed", []).append("The seed must be a non-negative integer.")
+    if request.lambda_override is not None and not 0.0 <= request.lambda_override <= 1.0:
+        errors.setdefault("lambda_override", []).append("λ must be between 0 (text only) and 1 (images only).")
+    visible = set(libraries_visible_to(user).values_list("pk", flat=True))
+    unknown = [pk for pk in request.library_ids if pk not in visible]
+    if unknown:
+        # Same answer whether the library exists or not: nothing leaks.
+        errors.setdefault("libraries", []).append(f"No such library: {', '.join(map(str, unknown))}.")
+    if errors:
+        raise SearchInputError(errors)
+    with transaction.atomic():
+        search = Search.objects.create(
+            user=user, text=text, k=k, seed=request.seed, lambda_override=request.lambda_override,
+            text_only=request.text_only, top_n=settings.CLETIR_SEARCH_TOP_N,
+        )
+        search.libraries.set(request.library_ids)
+        transaction.on_commit(lambda: queue_search(search))
+    return search
+
+
+def refine_search(parent: Search, user, refinement: Refinement) -> Search:
+    """A new search from `parent` with proxies switched off, examples or negatives added."""
+    errors: dict[str, list[str]] = {}
+    negative_text = _clean_text(refinement.negative_text, "negative_text", errors)
+    k = parent.k
+    bad = [i for i in refinement.disabled_proxies if not 0 <= i < k]
+    if bad:
+        errors.setdefault("disabled_proxies", []).append(f"Proxy numbers run from 0 to {k - 1}.")
+    visible_assets = Asset.objects.filter(library__in=libraries_visible_to(user))
+    for name, ids in (("positive_assets", refinement.positive_asset_ids), ("negative_assets", refinement.negative_asset_ids)):
+        found = set(visible_assets.filter(pk__in=ids).values_list("pk", flat=True))
+        if len(found) != len(set(ids)):
+            errors.setdefault(name, []).append("No such photo: " + ", ".join(str(i) for i in ids if i not in found) + ".")
+    if not parent.text and not (refinement.positive_asset_ids or refinement.positive_uploads):
+        errors.setdefault("positive_assets", []).append("A search by example needs at least one example photo.")
+    if errors:
+        raise SearchInputError(errors)
+    with transaction.atomic():
+        search = Search.objects.create(
+            user=user, text=parent.text, k=k, seed=parent.seed, lambda_override=parent.lambda_override,
+            text_only=parent.text_only, top_n=parent.top_n, parent=parent,
+            disabled_proxies=sorted(set(refinement.disabled_proxies)), negative_text=negative_text,
+        )
+        search.libraries.set(parent.libraries.all())
+        search.positive_assets.set(refinement.positive_asset_ids)
+        search.negative_assets.set(refinement.negative_asset_ids)
+        for kind, uploads in ((SearchExample.Kind.POSITIVE, refinement.positive_uploads),
+                              (SearchExample.Kind.NEGATIVE, refinement.negative_uploads)):
+            for upload in uploads:
+                SearchExample.objects.create(search=search, kind=kind, file=_validated_example(upload))
+        transaction.on_commit(lambda: queue_search(search))
+    return search
+
+
+def _validated_example(upload):
+    """An uploaded example photo, checked like any photo upload (same limits and reasons)."""
+    import tempfile
+
+    from django.core.files.base import File
+
+    from assets.imaging import FileRejected, inspect_image, too_large
+
+    try:
+        if upload.size > settings.CLETIR_MAX_UPLOAD_BYTES:
+            raise too_large(settings.CLETIR_MAX_UPLOAD_BYTES)
+        with tempfile.NamedTemporaryFile(suffix=".upload") as spool:
+            for chunk in upload.chunks():
+                spool.write(chunk)
+            spool.flush()
+            inspect_image(spool.name)
+    except FileRejected as rejection:
+        raise SearchInputError({"examples": [f"{upload.name}: {rejection.message}"]}) from None
+    upload.seek(0)
+    return File(upload, name="example")
+
+
+def queue_search(search: Search) -> None:
+    """Send the search to the `search` queue; with the broker down the search fails with the
+    reason instead of waiting forever."""
+    from .tasks.search import run_search
+
+    try:
+        run_search.delay(search.pk)
+    except Exception as exc:
+        logger.exception("could not queue search %s", search.pk)
+        Search.objects.filter(pk=search.pk).update(
+            status=Search.Status.FAILED, error=f"The search could not be queued (is the broker running?): {exc}"
+        )

@@ -1,0 +1,34 @@
+"""`embed` queue: bulk photo embedding into an embedding space."""
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(name="retrieval.tasks.embed.index_space", acks_late=True)
+def index_space(space_id: int) -> dict:
+    """Embed every pending photo into the space, batch by batch; then switch search to it
+    when it is complete. Idempotent: a second run (a retry, a duplicate) finds nothing pending."""
+    from retrieval.indexing import embed_batch
+    from retrieval.models import EmbeddingSpace
+    from retrieval.spaces import encoders_for, switch_serving_if_complete
+
+    space = EmbeddingSpace.objects.filter(pk=space_id).first()
+    if space is None:
+        return {"space": space_id, "indexed": 0, "failed": 0, "skipped": "space deleted"}
+    # From here on, a new upload must queue another run: this one may already be past it.
+    EmbeddingSpace.objects.filter(pk=space_id).update(indexing_queued_at=None)
+    encoders = encoders_for(space)
+    indexed = failed = 0
+    while True:
+        done, bad = embed_batch(space, encoders, settings.CLETIR_INDEX_BATCH_SIZE)
+        if done == bad == 0:
+            break
+        indexed, failed = indexed + done, failed + bad
+    switch_serving_if_complete(space)
+    logger.info("indexed %d photos into %s (%d failed)", indexed, space, failed)
+    return {"space": space_id, "indexed": indexed, "failed": failed}

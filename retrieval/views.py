@@ -1,0 +1,128 @@
+"""Search pages: the query form, a search's state, its proxies and ranked results, refining."""
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import FileResponse, Http404
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from assets.permissions import libraries_visible_to
+from assets.views import PAGE_SIZES, page_size_from
+
+from .models import Search
+from .search_service import Refinement, SearchInputError, SearchRequest, create_search, refine_search
+
+
+def _int_list(values) -> list[int]:
+    return [int(v) for v in values if str(v).strip().isdigit()]
+
+
+def _optional_float(value):
+    value = (value or "").strip()
+    return float(value) if value else None
+
+
+@login_required
+def search_home(request):
+    libraries = libraries_visible_to(request.user).order_by("name")
+    errors, form = {}, {"text": "", "k": "", "seed": "0", "lambda_override": "", "libraries": [], "text_only": False}
+    if request.method == "POST":
+        form = {
+            "text": request.POST.get("text", ""), "k": request.POST.get("k", ""), "seed": request.POST.get("seed", "0"),
+            "lambda_override": request.POST.get("lambda_override", ""),
+            "libraries": _int_list(request.POST.getlist("libraries")), "text_only": bool(request.POST.get("text_only")),
+        }
+        try:
+            search = create_search(request.user, SearchRequest(
+                text=form["text"], library_ids=form["libraries"], k=int(form["k"]) if form["k"].strip() else None,
+                seed=int(form["seed"] or 0), lambda_override=_optional_float(form["lambda_override"]),
+                text_only=form["text_only"],
+            ))
+            return redirect("search-detail", pk=search.pk)
+        except SearchInputError as exc:
+            errors = exc.errors
+        except ValueError:
+            errors = {"advanced": ["K and the seed are whole numbers; λ is a number between 0 and 1."]}
+    recent = Search.objects.filter(user=request.user).order_by("-created_at")[:15]
+    return render(request, "retrieval/search_home.html", {
+        "libraries": libraries, "errors": errors, "form": form, "recent": recent,
+    }, status=400 if errors else 200)
+
+
+def _own_search(request, pk) -> Search:
+    # Another user's search does not exist for you: 404, not 403.
+    return get_object_or_404(Search.objects.select_related("proxy_set", "parent"), pk=pk, user=request.user)
+
+
+@login_required
+@require_GET
+def search_detail(request, pk):
+    search = _own_search(request, pk)
+    size = page_size_from(request)
+    results = search.results.select_related("asset").order_by("rank")
+    page = Paginator(results, size).get_page(request.GET.get("page"))
+    proxies = list(search.proxy_set.images.all()) if search.proxy_set else []
+    return render(request, "retrieval/search_detail.html", {
+        "search": search, "page": page, "size": size, "page_sizes": PAGE_SIZES, "proxies": proxies,
+        "disabled": set(search.disabled_proxies), "examples": search.examples.all(),
+        "positives": search.positive_assets.all(), "negatives": search.negative_assets.all(),
+    })
+
+
+@login_required
+@require_POST
+def search_refine(request, pk):
+    parent = _own_search(request, pk)
+    enabled = set(_int_list(request.POST.getlist("enabled_proxies")))
+    refinement = Refinement(
+        disabled_proxies=[i for i in range(parent.k) if i not in enabled] if "proxies_shown" in request.POST else list(parent.disabled_proxies),
+        positive_asset_ids=_int_list(request.POST.getlist("positive_assets")),
+        negative_asset_ids=_int_list(request.POST.getlist("negative_assets")),
+        negative_text=request.POST.get("negative_text", ""),
+        positive_uploads=request.FILES.getlist("positive_uploads"),
+        negative_uploads=request.FILES.getlist("negative_uploads"),
+    )
+    try:
+        search = refine_search(parent, request.user, refinement)
+    except SearchInputError as exc:
+        for field, problems in exc.errors.items():
+            messages.error(request, f"{field.replace('_', ' ')}: {' '.join(problems)}")
+        return redirect("search-detail", pk=parent.pk)
+    return redirect("search-detail", pk=search.pk)
+
+
+@login_required
+@require_GET
+def proxy_image(request, pk, index):
+    """A proxy image of one of the user's searches (proxy sets are shared by searches, but
+    reach a user only through a search of theirs)."""
+    search = _own_search(request, pk)
+    image = search.proxy_set.images.filter(index=index).first() if search.proxy_set else None
+    if image is None:
+        raise Http404("No such proxy image.")
+    response = FileResponse(image.file.open("rb"), content_type="image/webp")
+    response["Cache-Control"] = "private, max-age=86400"
+    return response
+
+
+@login_required
+@require_GET
+def example_image(request, pk, example_id):
+    search = _own_search(request, pk)
+    example = get_object_or_404(search.examples, pk=example_id)
+    return FileResponse(example.file.open("rb"), content_type="image/jpeg")
+
+
+@require_GET
+def admin_proxy_image(request, image_id):
+    """Proxy images for the admin's proxy-set page (staff only)."""
+    from django.core.exceptions import PermissionDenied
+
+    from .models import ProxyImage
+
+    if not (request.user.is_authenticated and request.user.is_staff):
+        raise PermissionDenied
+    image = get_object_or_404(ProxyImage, pk=image_id)
+    return FileResponse(image.file.open("rb"), content_type="image/webp")
