@@ -127,7 +127,7 @@ def embed_batch(space: EmbeddingSpace, encoders, batch_size: int) -> tuple[int, 
             except Exception as exc:  # any decode problem is this photo's, not the batch's
                 failures.append(IndexingFailure(asset=asset, space=space, error=f"{type(exc).__name__}: {exc}"[:2000]))
         if ok:
-            vectors = photo_vectors(encoders.encode_vlm_images(images), encoders.encode_vision_images(images))
+            vectors = photo_vectors(*encoders.encode_photos(images))
             AssetEmbedding.objects.bulk_create(
                 [AssetEmbedding(asset=a, space=space, vector=v) for a, v in zip(ok, vectors)], ignore_conflicts=True
             )

@@ -20,6 +20,7 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModel
 
+from retrieval.engine.photo_preprocessing import image_processor_spec, open_clip_spec, to_pixels
 from retrieval.engine.profiles import (
     Profile,
     apply_torch_threads,
@@ -131,6 +132,8 @@ class Encoders:
         with torch.inference_mode():  # the joint embedding width, whatever the text tower
             probe = self._vlm.encode_text(self._tokenizer(["x"]).to(self.device))
         self.vlm_dim: int = int(probe.shape[-1])
+        specs = (open_clip_spec(self._vlm), image_processor_spec(self._vision_processor))
+        self._photo_specs = specs if None not in specs else None
         self.vision_dim: int = int(self._vision.config.hidden_size)
         self.fused_dim: int = self.vlm_dim + self.vision_dim
 
@@ -218,6 +221,23 @@ class Encoders:
                 result = self._vision(pixel_values=pixels.to(self.device, self.dtype))
                 out.append(_normalize(result.pooler_output))
         return np.concatenate(out)
+
+    def encode_photos(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        """(I(x), V(x)) for library photos, with both encoders' preprocessing done in one
+        batched pass (`photo_preprocessing`); the same vectors as `encode_vlm_images` and
+        `encode_vision_images` up to resampling noise, at a fraction of the CPU time."""
+        if self._photo_specs is None:
+            return self.encode_vlm_images(images), self.encode_vision_images(images)
+        vlm_spec, vision_spec = self._photo_specs
+        vlm_out = [np.zeros((0, self.vlm_dim), dtype=np.float32)]
+        vision_out = [np.zeros((0, self.vision_dim), dtype=np.float32)]
+        with torch.inference_mode():
+            for batch in self._batches(images):
+                vlm_pixels = to_pixels(batch, vlm_spec).to(self.device, self.dtype)
+                vlm_out.append(_normalize(self._vlm.encode_image(vlm_pixels)))
+                vision_pixels = to_pixels(batch, vision_spec).to(self.device, self.dtype)
+                vision_out.append(_normalize(self._vision(pixel_values=vision_pixels).pooler_output))
+        return np.concatenate(vlm_out), np.concatenate(vision_out)
 
     def warmup(self) -> None:
         """Run each encoder once so the first real request does not pay one-time kernel setup

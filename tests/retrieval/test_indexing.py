@@ -67,6 +67,7 @@ def test_index_space_embeds_every_photo_once_and_matches_the_engine(tiny_space, 
 
     encoders = load_encoders("tiny")
     image = indexing.load_photo_for_embedding(assets[3].file.path)
+    # The library preprocessing path, not the batched one indexing uses: they must agree.
     expected = photo_vectors(encoders.encode_vlm_images([image]), encoders.encode_vision_images([image]))[0]
     stored = np.asarray(AssetEmbedding.objects.get(asset=assets[3], space=tiny_space).vector, dtype=np.float32)
     assert stored.shape == (tiny_space.dim,)
@@ -83,7 +84,7 @@ def test_a_batch_that_dies_midway_leaves_its_photos_pending_and_a_rerun_indexes_
     activate_space(tiny_space)
     from retrieval.engine.encoders import Encoders
 
-    real = Encoders.encode_vision_images
+    real = Encoders.encode_photos
     calls = {"n": 0}
 
     def dies_on_second_batch(self, images):
@@ -92,7 +93,7 @@ def test_a_batch_that_dies_midway_leaves_its_photos_pending_and_a_rerun_indexes_
             raise MemoryError("worker killed")  # stands in for SIGKILL mid-forward-pass
         return real(self, images)
 
-    monkeypatch.setattr(Encoders, "encode_vision_images", dies_on_second_batch)
+    monkeypatch.setattr(Encoders, "encode_photos", dies_on_second_batch)
     with pytest.raises(MemoryError):
         index_space(tiny_space.pk)
     assert len(_embeddings_per_asset(tiny_space)) == 3  # the first batch committed, the second rolled back
