@@ -1,4 +1,4 @@
-"""`make demo`: run the web server and a Celery worker side by side; Ctrl-C stops both.
+"""`make demo`: run the web server and Celery workers side by side; Ctrl-C stops them all.
 
 Run as `python -m cletir_site.demo` after the Makefile's set-up (migrations, admin user).
 The two are separate processes, as in production: the web process queues tasks through the
@@ -18,13 +18,16 @@ STOP_GRACE_SECONDS = 20
 
 def _children() -> list[tuple[str, list[str]]]:
     python = sys.executable
+
+    def worker(name: str, queues: str) -> list[str]:
+        return [python, "-m", "celery", "-A", "cletir_site", "worker", "--queues", queues, "--concurrency", "1",
+                "--loglevel", "INFO", "--hostname", f"demo-{name}@%h"]
+
+    # Two workers, as on a GPU site: a search never waits behind bulk indexing or thumbnails.
     return [
         ("web", [python, "manage.py", "runserver", ADDRESS, "--noreload"]),
-        (
-            "worker",
-            [python, "-m", "celery", "-A", "cletir_site", "worker", "--queues", "search,embed,default",
-             "--concurrency", "2", "--loglevel", "INFO", "--hostname", "demo@%h"],
-        ),
+        ("search worker", worker("search", "search")),
+        ("bulk worker", worker("bulk", "embed,default")),
     ]
 
 
@@ -65,7 +68,7 @@ def main() -> int:
                 stopping = True
         time.sleep(0.5)
 
-    print("\ncletir demo: stopping web and worker...", flush=True)
+    print("\ncletir demo: stopping the web server and the workers...", flush=True)
     for process in processes.values():
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)  # Celery: warm shutdown

@@ -37,8 +37,9 @@ from .vector_index import vector_expression
 
 # pgvector refuses an ef_search above 1000.
 MAX_EF_SEARCH = 1000
-# Memory of an iterative scan = work_mem × this multiplier (pgvector's default is 1). Tuned by
-# bench/search.py: a 10%-filter at N=1000 over 896-dim vectors needs ~40k scanned tuples.
+# Memory of an iterative scan = work_mem × this multiplier (pgvector's default is 1): headroom so
+# that memory, not CLETIR_HNSW_MAX_SCAN_TUPLES, never ends a filtered scan of 896-dim vectors
+# early (bench/search.py: a 10% filter returns the full N at 100k photos).
 SCAN_MEM_MULTIPLIER = 8
 
 
@@ -78,7 +79,7 @@ def _ranking_sql(space: EmbeddingSpace, exact: bool) -> str:
             WHERE e.space_id = {int(space.pk)}
               AND a.library_id = ANY(%(libraries)s)
               AND a.status <> %(failed)s
-            ORDER BY {expr}
+            ORDER BY distance  -- the select-list expression: still served by the index
             LIMIT %(limit)s
         )
         SELECT asset_id, halfvec_send(vector) FROM hits ORDER BY distance, asset_id

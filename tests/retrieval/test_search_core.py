@@ -307,6 +307,8 @@ def test_a_search_generates_proxies_once_and_a_repeat_reuses_them(tiny, ann, lib
                         AssetEmbedding.objects.filter(space=tiny).order_by("asset_id").values_list("vector", flat=True)])
     asset_ids = sorted(AssetEmbedding.objects.filter(space=tiny).values_list("asset_id", flat=True))
     assert [r.asset_id for r in results(second)] == brute_force(asset_ids, vectors, u, 50)
+    assert [r.rank for r in results(second)] == list(range(1, 51))
+    assert all(r.score == r.text_score + r.image_score for r in results(second))  # stored exactly
 
 
 def test_a_concurrent_twin_that_stored_the_same_proxy_set_first_wins(tiny):
