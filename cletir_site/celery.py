@@ -8,8 +8,9 @@ production.
 from __future__ import annotations
 
 import os
+import threading
 
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, signals
 from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cletir_site.settings")
@@ -48,6 +49,9 @@ class HeartbeatStep(bootsteps.StartStopStep):
     def __init__(self, worker, **kwargs):
         super().__init__(worker, **kwargs)
         self.tref = None
+        # A beat in flight must not re-record the worker after stop() has signed it off.
+        self.lock = threading.Lock()
+        self.stopped = False
 
     def start(self, worker):
         from django.conf import settings
@@ -62,21 +66,45 @@ class HeartbeatStep(bootsteps.StartStopStep):
             self.tref.cancel()
         from retrieval.workers import forget_worker
 
-        try:
-            forget_worker(worker.hostname)
-        except Exception:  # the database may be the thing that is going away
-            pass
+        with self.lock:
+            self.stopped = True
+            try:
+                forget_worker(worker.hostname)
+            except Exception:  # the database may be the thing that is going away
+                import logging
+
+                logging.getLogger(__name__).warning("could not sign the worker off", exc_info=True)
 
     def _beat(self, worker):
         from retrieval.workers import record_heartbeat
 
         queues = sorted(worker.app.amqp.queues.consume_from or QUEUES)
-        try:
-            record_heartbeat(worker.hostname, queues, os.getpid())
-        except Exception:  # a database blip must not kill the worker; the next beat retries
-            import logging
+        with self.lock:
+            if self.stopped:
+                return
+            try:
+                record_heartbeat(worker.hostname, queues, os.getpid())
+            except Exception:  # a database blip must not kill the worker; the next beat retries
+                import logging
 
-            logging.getLogger(__name__).warning("worker heartbeat failed", exc_info=True)
+                logging.getLogger(__name__).warning("worker heartbeat failed", exc_info=True)
 
 
 app.steps["worker"].add(HeartbeatStep)
+
+
+def _preload_models(**kwargs) -> None:
+    # Each pool process loads its own models once (models are not shared across a fork).
+    if os.environ.get("CLETIR_PRELOAD_MODELS", "1") == "0":
+        return
+    from retrieval.workers import preload_models
+
+    preload_models(set(app.amqp.queues.consume_from or QUEUES))
+
+
+@signals.worker_init.connect
+def _install_preload(**kwargs) -> None:
+    # Connected here, not at import, so that it runs after Celery's Django fixup has dropped
+    # the database connection a pool process inherits from its parent: using that socket from
+    # the child would break the parent's session.
+    signals.worker_process_init.connect(_preload_models, weak=False, dispatch_uid="cletir.preload_models")

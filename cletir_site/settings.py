@@ -161,6 +161,9 @@ CLETIR_SEARCH_TOP_N = env.int("CLETIR_SEARCH_TOP_N", default=1000)
 CLETIR_FUSION_LAMBDA = env.float("CLETIR_FUSION_LAMBDA", default=0.5)
 # How hard negative examples push similar photos down: q' = normalize(q - β n).
 CLETIR_NEGATIVE_WEIGHT = env.float("CLETIR_NEGATIVE_WEIGHT", default=0.5)
+# Scopes of at most this many photos are ranked exactly (cheap there); larger ones through the
+# HNSW index. 0 always uses the index.
+CLETIR_EXACT_RANK_MAX_ROWS = env.int("CLETIR_EXACT_RANK_MAX_ROWS", default=20000)
 # HNSW query quality floor (raised to the number of results asked for, at most 1000) and the
 # most index tuples a filtered (iterative) scan may visit; tuned by bench/search.py.
 CLETIR_HNSW_EF_SEARCH = env.int("CLETIR_HNSW_EF_SEARCH", default=200)

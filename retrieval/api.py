@@ -83,7 +83,7 @@ class SearchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
 
     def get_queryset(self):
         return (Search.objects.filter(user=self.request.user).select_related("space", "proxy_set")
-                .prefetch_related("libraries", "proxy_set__images").order_by("-created_at", "-id"))
+                .prefetch_related("libraries", "positive_assets", "negative_assets", "proxy_set__images").order_by("-created_at", "-id"))
 
     def _accepted(self, search: Search) -> Response:
         search = self.get_queryset().get(pk=search.pk)
@@ -99,6 +99,7 @@ class SearchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
             search = create_search(request.user, SearchRequest(
                 text=values["text"], library_ids=values["libraries"], k=values["k"], seed=values["seed"],
                 lambda_override=values["lambda_override"], text_only=values["text_only"],
+                positive_asset_ids=values["examples"],
             ))
         except SearchInputError as exc:
             raise ValidationError(exc.errors) from None

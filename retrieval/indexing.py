@@ -9,6 +9,7 @@ pending again for the next run.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -26,9 +27,10 @@ logger = logging.getLogger(__name__)
 # A queued indexing task that has not started after this long is assumed lost (a broker
 # restart, a purged queue) and may be queued again.
 QUEUED_TASK_EXPIRY = timedelta(minutes=10)
-# The encoders resize to ~224 px; decoding a 12 MP JPEG at full size would waste most of the
-# time outside the forward pass, so JPEGs are decoded at a reduced scale (libjpeg's DCT scaling).
-DECODE_SIZE = (448, 448)
+# The encoders resize the shorter side to 224-256 px. Decoding a 12 MP JPEG at full size would
+# be most of the time outside the forward passes, so photos are decoded (JPEG: libjpeg's DCT
+# scaling) or box-reduced to a shorter side of at least this, never below it.
+MIN_SHORT_SIDE = 256
 
 
 def _has_embedding(space: EmbeddingSpace):
@@ -97,12 +99,16 @@ def progress_by_library(space: EmbeddingSpace | None, libraries: QuerySet[Librar
 
 
 def load_photo_for_embedding(path: str) -> Image.Image:
-    """Decode a stored photo upright, in RGB, no larger than the encoders need."""
+    """Decode a stored photo upright, in RGB, with its shorter side reduced towards
+    MIN_SHORT_SIDE (whatever the aspect ratio: a panorama keeps the detail its crop needs)."""
     with Image.open(path) as image:
-        if image.format == "JPEG":
-            image.draft("RGB", DECODE_SIZE)
+        scale = MIN_SHORT_SIDE / min(image.size)
+        if image.format == "JPEG" and scale < 1:
+            image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
         upright = ImageOps.exif_transpose(image)
-        upright.thumbnail(DECODE_SIZE)
+        factor = min(upright.size) // MIN_SHORT_SIDE
+        if factor >= 2:
+            upright = upright.reduce(factor)  # a box filter: fast, no aliasing; encoders resize the rest
         return upright.convert("RGB")
 
 

@@ -39,6 +39,8 @@ class SearchRequest:
     seed: int = 0
     lambda_override: float | None = None
     text_only: bool = False
+    # Photos to search by (extra proxies); with no text, a search by example alone.
+    positive_asset_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -71,8 +73,11 @@ def create_search(user, request: SearchRequest) -> Search:
     """Validate, store and queue a search; raises SearchInputError on bad input."""
     errors: dict[str, list[str]] = {}
     text = _clean_text(request.text, "text", errors)
-    if not text:
+    if not text and not request.positive_asset_ids:
         errors.setdefault("text", []).append("Type what to search for (a category such as “sailboat”).")
+    if not text and request.text_only:
+        errors.setdefault("text_only", []).append("A text-only search needs a text.")
+    _check_assets(user, "positive_assets", request.positive_asset_ids, errors)
     k = request.k if request.k is not None else _default_k()
     if not K_RANGE[0] <= k <= K_RANGE[1]:
         errors.setdefault("k", []).append(f"K (proxy images) must be between {K_RANGE[0]} and {K_RANGE[1]}.")
@@ -93,8 +98,19 @@ def create_search(user, request: SearchRequest) -> Search:
             text_only=request.text_only, top_n=settings.CLETIR_SEARCH_TOP_N,
         )
         search.libraries.set(request.library_ids)
+        search.positive_assets.set(request.positive_asset_ids)
         transaction.on_commit(lambda: queue_search(search))
     return search
+
+
+def _check_assets(user, name: str, ids: list[int], errors: dict) -> None:
+    """Photos must be in libraries the user sees; others are reported like missing ones."""
+    if not ids:
+        return
+    visible = Asset.objects.filter(library__in=libraries_visible_to(user), pk__in=ids)
+    found = set(visible.values_list("pk", flat=True))
+    if len(found) != len(set(ids)):
+        errors.setdefault(name, []).append("No such photo: " + ", ".join(str(i) for i in ids if i not in found) + ".")
 
 
 def refine_search(parent: Search, user, refinement: Refinement) -> Search:
@@ -105,11 +121,8 @@ def refine_search(parent: Search, user, refinement: Refinement) -> Search:
     bad = [i for i in refinement.disabled_proxies if not 0 <= i < k]
     if bad:
         errors.setdefault("disabled_proxies", []).append(f"Proxy numbers run from 0 to {k - 1}.")
-    visible_assets = Asset.objects.filter(library__in=libraries_visible_to(user))
-    for name, ids in (("positive_assets", refinement.positive_asset_ids), ("negative_assets", refinement.negative_asset_ids)):
-        found = set(visible_assets.filter(pk__in=ids).values_list("pk", flat=True))
-        if len(found) != len(set(ids)):
-            errors.setdefault(name, []).append("No such photo: " + ", ".join(str(i) for i in ids if i not in found) + ".")
+    _check_assets(user, "positive_assets", refinement.positive_asset_ids, errors)
+    _check_assets(user, "negative_assets", refinement.negative_asset_ids, errors)
     if not parent.text and not (refinement.positive_asset_ids or refinement.positive_uploads):
         errors.setdefault("positive_assets", []).append("A search by example needs at least one example photo.")
     if errors:

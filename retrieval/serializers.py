@@ -9,7 +9,10 @@ from .search_service import MAX_QUERY_LENGTH
 
 
 class SearchCreateSerializer(serializers.Serializer):
-    text = serializers.CharField(max_length=MAX_QUERY_LENGTH, allow_blank=False, trim_whitespace=True)
+    text = serializers.CharField(max_length=MAX_QUERY_LENGTH, required=False, default="", allow_blank=True,
+                                 trim_whitespace=True, help_text="The category; may be empty when examples are given")
+    examples = serializers.ListField(child=serializers.IntegerField(), required=False, default=list,
+                                     help_text="Photo ids to search by (extra proxies); alone: a search by example")
     libraries = serializers.ListField(child=serializers.IntegerField(), required=False, default=list,
                                       help_text="Library ids; empty: every library you can see")
     k = serializers.IntegerField(required=False, allow_null=True, default=None, help_text="Proxy images (1-16); default: the profile's")
@@ -30,13 +33,15 @@ class SearchSerializer(serializers.ModelSerializer):
     results_url = serializers.SerializerMethodField()
     status_display = serializers.CharField(source="get_status_display", read_only=True)
     libraries = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    positive_assets = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    negative_assets = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
     proxies = serializers.SerializerMethodField()
     space = serializers.CharField(source="space.name", default=None, read_only=True)
 
     class Meta:
         model = Search
         fields = ["id", "url", "results_url", "text", "libraries", "k", "seed", "lambda_override", "text_only",
-                  "parent", "disabled_proxies", "negative_text", "status", "status_display", "progress", "error",
+                  "parent", "disabled_proxies", "positive_assets", "negative_assets", "negative_text", "status", "status_display", "progress", "error",
                   "space", "lambda_used", "aggregation", "timings", "result_count", "proxies", "created_at",
                   "started_at", "finished_at"]
 

@@ -33,12 +33,13 @@ def search_home(request):
             "text": request.POST.get("text", ""), "k": request.POST.get("k", ""), "seed": request.POST.get("seed", "0"),
             "lambda_override": request.POST.get("lambda_override", ""),
             "libraries": _int_list(request.POST.getlist("libraries")), "text_only": bool(request.POST.get("text_only")),
+            "examples": _int_list(request.POST.getlist("examples")),
         }
         try:
             search = create_search(request.user, SearchRequest(
                 text=form["text"], library_ids=form["libraries"], k=int(form["k"]) if form["k"].strip() else None,
                 seed=int(form["seed"] or 0), lambda_override=_optional_float(form["lambda_override"]),
-                text_only=form["text_only"],
+                text_only=form["text_only"], positive_asset_ids=form["examples"],
             ))
             return redirect("search-detail", pk=search.pk)
         except SearchInputError as exc:

@@ -26,3 +26,33 @@ def workers_seen() -> list[dict]:
         {"hostname": w.hostname, "queues": w.queues, "last_seen": w.last_seen.isoformat()}
         for w in WorkerHeartbeat.objects.filter(last_seen__gte=cutoff).order_by("hostname")
     ]
+
+
+def preload_models(queues: set[str]) -> None:
+    """Load and warm up the models a worker process will need, before its first task.
+
+    A search worker (queue `search`) needs the serving space's encoders and the generator; an
+    embedding worker (`embed`) the active space's encoders. Without this, the first search of
+    a fresh worker pays seconds of loading and one-time kernel set-up (bench/engine_speed.py).
+    Nothing to preload (no space yet, weights missing) is not an error here: the task itself
+    reports it when it runs.
+    """
+    import logging
+
+    from .spaces import active_space, encoders_for, serving_space
+
+    log = logging.getLogger(__name__)
+    try:
+        if "search" in queues and (space := serving_space()) is not None:
+            from retrieval.engine.generator import load_generator
+
+            encoders_for(space).warmup()
+            load_generator(space.profile).warmup()
+        if "embed" in queues and (space := active_space()) is not None:
+            encoders_for(space).warmup()
+    except Exception:
+        log.warning("models were not preloaded; the first task will load them", exc_info=True)
+    finally:
+        from django.db import connection
+
+        connection.close()  # do not carry a connection opened here into the task's lifetime

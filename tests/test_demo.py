@@ -44,8 +44,9 @@ def test_demo_serves_healthy_and_stops_on_ctrl_c(tmp_path):
     demo = subprocess.Popen([sys.executable, "-m", "cletir_site.demo"], cwd=PROJECT_DIR, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     try:
-        status, body = wait_for(lambda: (r := _get(f"http://127.0.0.1:{port}/healthz")) and r[0] == 200 and r,
-                                timeout=90, message="demo healthz 200")
+        status, body = wait_for(
+            lambda: (r := _get(f"http://127.0.0.1:{port}/healthz")) and r[0] == 200 and len(r[1]["workers"]) == 2 and r,
+            timeout=90, message="demo healthz 200 with both workers")
         assert body["database"] == "ok" and body["broker"] == "ok" and body["status"] == "ok"
         assert tuple(int(p) for p in body["pgvector"].split(".")[:2]) >= (0, 8)
         assert sorted(w["queues"] for w in body["workers"]) == [["default", "embed"], ["search"]]
@@ -63,4 +64,4 @@ def test_demo_serves_healthy_and_stops_on_ctrl_c(tmp_path):
     assert leftovers.stdout.strip() == ""
     from retrieval.models import WorkerHeartbeat
 
-    assert not WorkerHeartbeat.objects.exists()  # the worker shut down warm and signed off
+    assert not WorkerHeartbeat.objects.exists(), output  # the workers shut down warm and signed off

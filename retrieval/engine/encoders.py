@@ -7,7 +7,6 @@ float32 numpy array, L2-normalised row-wise. Models are loaded once per process 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,10 +23,9 @@ from retrieval.engine.photo_preprocessing import image_processor_spec, open_clip
 from retrieval.engine.profiles import (
     Profile,
     apply_torch_threads,
-    as_profile,
+    load_once,
     local_folder,
     missing_weights,
-    model_dir,
     resolve_device,
     resolve_dtype,
     resolve_vlm_id,
@@ -263,15 +261,6 @@ class Encoders:
         }
 
 
-_CACHE: dict[tuple, Encoders] = {}
-_LOCK = threading.Lock()
-
-
 def load_encoders(profile: Profile | str, device: str | None = None) -> Encoders:
     """The encoders of a profile, loaded once per process (same object on every call)."""
-    prof = as_profile(profile)
-    key = (prof, str(resolve_device(prof, device)), str(model_dir()))
-    with _LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = Encoders(prof, key[1])
-        return _CACHE[key]
+    return load_once(Encoders, profile, device)

@@ -19,10 +19,9 @@ from PIL import Image
 from retrieval.engine.profiles import (
     Profile,
     apply_torch_threads,
-    as_profile,
+    load_once,
     local_folder,
     missing_weights,
-    model_dir,
     resolve_device,
     resolve_dtype,
     weights_fingerprint,
@@ -119,15 +118,6 @@ class ProxyGenerator:
         }
 
 
-_CACHE: dict[tuple, ProxyGenerator] = {}
-_LOCK = threading.Lock()
-
-
 def load_generator(profile: Profile | str, device: str | None = None) -> ProxyGenerator:
     """The proxy generator of a profile, loaded once per process (same object every call)."""
-    prof = as_profile(profile)
-    key = (prof, str(resolve_device(prof, device)), str(model_dir()))
-    with _LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = ProxyGenerator(prof, key[1])
-        return _CACHE[key]
+    return load_once(ProxyGenerator, profile, device)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,3 +329,21 @@ def weights_fingerprint(named_tensors) -> str:
         h.update(str(tuple(tensor.shape)).encode())
         h.update(flat.float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------- per-process models
+
+_LOADED: dict[tuple, object] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def load_once(factory: Callable, profile: Profile | str, device: str | None = None):
+    """`factory(profile, device)`, built once per process for each (factory, profile, device,
+    model folder): a worker loads its models on first use and keeps them."""
+    prof = as_profile(profile)
+    resolved = str(resolve_device(prof, device))
+    key = (factory, prof, resolved, str(model_dir()))
+    with _LOADED_LOCK:
+        if key not in _LOADED:
+            _LOADED[key] = factory(prof, resolved)
+        return _LOADED[key]

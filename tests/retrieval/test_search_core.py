@@ -152,12 +152,12 @@ def test_hnsw_ranking_reads_the_index_and_recalls_the_exact_top_100(planted_spac
     recalls = []
     for _ in range(10):
         u = query(rng)
-        approx = rank(space, u, everyone, top_n=100)
+        approx = rank(space, u, everyone, top_n=100, exact=False)
         exact = rank(space, u, everyone, top_n=100, exact=True)
         assert len(approx) == 100
         recalls.append(len({r.asset_id for r in approx} & {r.asset_id for r in exact}) / 100)
     assert np.mean(recalls) >= 0.97
-    plan = ranking.explain(space, query(rng), everyone, top_n=100)
+    plan = ranking.explain(space, query(rng), everyone, top_n=100, exact=False)
     assert index_name(space) in plan
     assert index_name(space) not in ranking.explain(space, query(rng), everyone, top_n=100, exact=True)
 
@@ -179,14 +179,14 @@ def test_a_filter_keeping_a_tenth_still_returns_the_full_top_n_through_the_index
     recalls = []
     for _ in range(10):
         u = query(rng)
-        approx = rank(space, u, [small.pk], top_n=100)
+        approx = rank(space, u, [small.pk], top_n=100, exact=False)
         # Without the iterative scan the graph yields ef_search rows and the filter keeps ~10%.
         assert len(approx) == 100
         assert {r.asset_id for r in approx} <= set(ids[in_small].tolist())
         expected = brute_force(ids[in_small].tolist(), vectors[in_small], u, 100)
         recalls.append(len({r.asset_id for r in approx} & set(expected)) / 100)
     assert np.mean(recalls) >= 0.97
-    assert index_name(space) in ranking.explain(space, query(rng), [small.pk], top_n=100)
+    assert index_name(space) in ranking.explain(space, query(rng), [small.pk], top_n=100, exact=False)
 
     # The same query without the iterative scan: the graph stops at ef_search rows, the filter
     # keeps a tenth of them (what this test guards against).
@@ -197,7 +197,21 @@ def test_a_filter_keeping_a_tenth_still_returns_the_full_top_n_through_the_index
         cursor.execute("SET LOCAL hnsw.iterative_scan = off")
 
     monkeypatch.setattr(ranking, "_configure_scan", without_iterative_scan)
-    assert len(rank(space, query(rng), [small.pk], top_n=100)) < 50
+    assert len(rank(space, query(rng), [small.pk], top_n=100, exact=False)) < 50
+
+
+def test_small_scopes_are_ranked_exactly_and_large_ones_through_the_index(planted_space, library, settings):
+    space, vectors, ids, in_small, small = planted_space
+    rng = np.random.default_rng(4)
+    u = query(rng)
+    settings.CLETIR_EXACT_RANK_MAX_ROWS = int(in_small.sum())  # the small library fits, both do not
+    assert ranking.choose_exact([small.pk]) and not ranking.choose_exact([library.pk, small.pk])
+    assert index_name(space) not in ranking.explain(space, u, [small.pk], top_n=100)
+    assert [r.asset_id for r in rank(space, u, [small.pk], top_n=100)] == brute_force(
+        ids[in_small].tolist(), vectors[in_small], u, 100)
+    assert index_name(space) in ranking.explain(space, u, [library.pk, small.pk], top_n=100)
+    settings.CLETIR_EXACT_RANK_MAX_ROWS = 0  # 0: always the index
+    assert not ranking.choose_exact([small.pk])
 
 
 def test_failed_photos_and_other_spaces_are_never_ranked(library):

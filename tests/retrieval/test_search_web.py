@@ -53,7 +53,9 @@ def test_post_search_answers_202_with_its_url_and_queues_it(world, queued, djang
 
 
 @pytest.mark.parametrize("payload, errors", [
-    ({"text": ""}, {"text": ["This field may not be blank."]}),
+    ({"text": ""}, {"text": ["Type what to search for (a category such as “sailboat”)."]}),
+    ({"text": "", "text_only": True}, {"text": ["Type what to search for (a category such as “sailboat”)."],
+                                       "text_only": ["A text-only search needs a text."]}),
     ({"text": "x" * 301}, {"text": ["Ensure this field has no more than 300 characters."]}),
     ({"text": "boat", "k": 0}, {"k": ["K (proxy images) must be between 1 and 16."]}),
     ({"text": "boat", "k": 99}, {"k": ["K (proxy images) must be between 1 and 16."]}),
@@ -64,6 +66,21 @@ def test_bad_search_input_is_a_clear_400(world, queued, payload, errors):
     assert response.status_code == 400
     assert response.json() == errors
     assert not Search.objects.exists() and queued == []
+
+
+def test_search_by_example_photo_alone(world, queued, client):
+    photo = world["photos"][3]
+    response = api(world["ann"]).post("/api/searches/", {"examples": [photo.pk]}, format="json")
+    assert response.status_code == 202
+    body = response.json()
+    assert body["text"] == "" and body["positive_assets"] == [photo.pk]
+    foreign = api(world["ann"]).post("/api/searches/", {"examples": [world["bob_photo"].pk]}, format="json")
+    assert foreign.status_code == 400
+    assert foreign.json() == {"positive_assets": [f"No such photo: {world['bob_photo'].pk}."]}
+    client.force_login(world["ann"])  # the photo page's "Find photos like this" button
+    page = client.post("/search/", {"text": "", "examples": [photo.pk], "seed": "0"})
+    search = Search.objects.order_by("-pk").first()
+    assert page.status_code == 302 and list(search.positive_assets.all()) == [photo]
 
 
 def test_a_library_you_cannot_see_is_refused_like_one_that_does_not_exist(world, queued):
