@@ -5,12 +5,13 @@ from django.db.models import Count
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.exceptions import PermissionDenied, Throttled, ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 
 from .ingest import ingest_upload
+from .limits import UploadQuotaExceeded, check_upload_quota
 from .models import Asset, LibraryMembership
 from .permissions import Access, access_to, libraries_visible_to
 from .serializers import (
@@ -76,6 +77,10 @@ class LibraryViewSet(viewsets.ModelViewSet):
         files = request.FILES.getlist("files") + request.FILES.getlist("file")
         if not files:
             raise ValidationError({"files": ["No files: send one or more files in the 'files' field."]})
+        try:
+            check_upload_quota(request.user, len(files))
+        except UploadQuotaExceeded as exc:
+            raise Throttled(wait=exc.retry_after_seconds, detail=exc.message) from None
         outcomes = [o for f in files for o in ingest_upload(library, f, f.name, uploaded_by=request.user)]
         body = {
             "stored": sum(o.status == "stored" for o in outcomes),

@@ -144,6 +144,9 @@ CLETIR_RENDITIONS = {
     "preview": {"max_side": env.int("CLETIR_PREVIEW_SIZE", default=1600), "format": "JPEG"},
 }
 
+# Files one user may upload per hour (archive entries count); 0: no limit.
+CLETIR_UPLOAD_FILES_PER_HOUR = env.int("CLETIR_UPLOAD_FILES_PER_HOUR", default=5000)
+
 # --- Models ----------------------------------------------------------------------------------
 # Where model weights live (one folder per hub id); the engine reads CLETIR_MODEL_DIR too.
 CLETIR_MODEL_DIR = Path(env.str("CLETIR_MODEL_DIR", default=str(VAR_DIR / "models")))
@@ -161,6 +164,9 @@ CLETIR_SEARCH_TOP_N = env.int("CLETIR_SEARCH_TOP_N", default=1000)
 CLETIR_FUSION_LAMBDA = env.float("CLETIR_FUSION_LAMBDA", default=0.5)
 # How hard negative examples push similar photos down: q' = normalize(q - β n).
 CLETIR_NEGATIVE_WEIGHT = env.float("CLETIR_NEGATIVE_WEIGHT", default=0.5)
+# Searches that generate proxies (GPU time) a user may start per hour; cached queries are free.
+# 0: no limit.
+CLETIR_GENERATING_SEARCHES_PER_HOUR = env.int("CLETIR_GENERATING_SEARCHES_PER_HOUR", default=60)
 # Scopes of at most this many photos are ranked exactly (cheap there); larger ones through the
 # HNSW index. 0 always uses the index.
 CLETIR_EXACT_RANK_MAX_ROWS = env.int("CLETIR_EXACT_RANK_MAX_ROWS", default=20000)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import Throttled, ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -13,6 +13,7 @@ from assets.models import Asset, Library
 from assets.permissions import library_for
 
 from .indexing import index_progress
+from .limits import RateLimited
 from .models import AssetEmbedding, IndexingFailure, Search
 from .search_service import Refinement, SearchInputError, SearchRequest, create_search, refine_search
 from .serializers import SearchCreateSerializer, SearchRefineSerializer, SearchResultSerializer, SearchSerializer
@@ -90,7 +91,8 @@ class SearchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         body = SearchSerializer(search, context=self.get_serializer_context()).data
         return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})
 
-    @extend_schema(request=SearchCreateSerializer, responses={202: SearchSerializer})
+    @extend_schema(request=SearchCreateSerializer, responses={202: SearchSerializer},
+                   description="429 when the user has used up the hour's searches that generate new proxy images.")
     def create(self, request):
         data = SearchCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -103,6 +105,8 @@ class SearchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
             ))
         except SearchInputError as exc:
             raise ValidationError(exc.errors) from None
+        except RateLimited as exc:
+            raise Throttled(wait=exc.retry_after_seconds, detail=exc.message) from None
         return self._accepted(search)
 
     @extend_schema(request=SearchRefineSerializer, responses={202: SearchSerializer})

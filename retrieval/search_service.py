@@ -15,6 +15,7 @@ from django.db import transaction
 from assets.models import Asset
 from assets.permissions import libraries_visible_to
 
+from .limits import check_search_quota
 from .models import Search, SearchExample
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ def create_search(user, request: SearchRequest) -> Search:
         errors.setdefault("libraries", []).append(f"No such library: {', '.join(map(str, unknown))}.")
     if errors:
         raise SearchInputError(errors)
+    check_search_quota(user, text, request.seed, k, request.text_only)
     with transaction.atomic():
         search = Search.objects.create(
             user=user, text=text, k=k, seed=request.seed, lambda_override=request.lambda_override,

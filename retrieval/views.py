@@ -11,6 +11,7 @@ from django.views.decorators.http import require_GET, require_POST
 from assets.permissions import libraries_visible_to
 from assets.views import PAGE_SIZES, page_size_from
 
+from .limits import RateLimited
 from .models import Search
 from .search_service import Refinement, SearchInputError, SearchRequest, create_search, refine_search
 
@@ -27,6 +28,7 @@ def _optional_float(value):
 @login_required
 def search_home(request):
     libraries = libraries_visible_to(request.user).order_by("name")
+    status = None
     errors, form = {}, {"text": "", "k": "", "seed": "0", "lambda_override": "", "libraries": [], "text_only": False}
     if request.method == "POST":
         form = {
@@ -44,12 +46,14 @@ def search_home(request):
             return redirect("search-detail", pk=search.pk)
         except SearchInputError as exc:
             errors = exc.errors
+        except RateLimited as exc:
+            errors, status = {"text": [exc.message]}, 429
         except ValueError:
             errors = {"advanced": ["K and the seed are whole numbers; λ is a number between 0 and 1."]}
     recent = Search.objects.filter(user=request.user).order_by("-created_at")[:15]
     return render(request, "retrieval/search_home.html", {
         "libraries": libraries, "errors": errors, "form": form, "recent": recent,
-    }, status=400 if errors else 200)
+    }, status=status or (400 if errors else 200))
 
 
 def _own_search(request, pk) -> Search:
