@@ -43,19 +43,19 @@ class AssetSerializer(serializers.ModelSerializer):
         fields = ["id", "library", "original_name", "width", "height", "format", "size_bytes", "taken_at",
                   "created_at", "status", "error", "file_url", "thumbnail_url", "preview_url"]
 
-    def _rendition_url(self, asset, name):
+    def _rendition_url(self, asset, name) -> str | None:
         names = {r.name for r in asset.renditions.all()}  # prefetched by the viewset
         if name not in names:
             return None
         return self.context["request"].build_absolute_uri(reverse("asset-rendition", args=[asset.pk, name]))
 
-    def get_file_url(self, asset):
+    def get_file_url(self, asset) -> str:
         return self.context["request"].build_absolute_uri(reverse("asset-file", args=[asset.pk]))
 
-    def get_thumbnail_url(self, asset):
+    def get_thumbnail_url(self, asset) -> str | None:
         return self._rendition_url(asset, "thumb")
 
-    def get_preview_url(self, asset):
+    def get_preview_url(self, asset) -> str | None:
         return self._rendition_url(asset, "preview")
 
 

@@ -81,6 +81,8 @@ class SearchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
 
     serializer_class = SearchSerializer
     pagination_class = ResultPagination
+    # For the schema generator, which has no user to call get_queryset() with: the id's type.
+    queryset = Search.objects.none()
 
     def get_queryset(self):
         return (Search.objects.filter(user=self.request.user).select_related("space", "proxy_set")
@@ -126,12 +128,19 @@ class SearchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         return self._accepted(search)
 
     @extend_schema(responses=SearchResultSerializer(many=True),
-                   parameters=[OpenApiParameter("size", int, description="results per page (at most 200)")])
+                   parameters=[OpenApiParameter("size", int, description="results per page (at most 200)"),
+                               OpenApiParameter("matches_only", int, enum=[0, 1],
+                                                description="1: only the estimated matches (rank <= match_count)"),
+                               OpenApiParameter("sort", str, enum=["taken", "uploaded"],
+                                                description="with matches_only: by capture or upload time")])
     @action(detail=True, methods=["get"])
     def results(self, request, pk=None):
+        from .albums import matching_results
+
         search = self.get_object()
         paginator = ResultPagination()
-        # Ordered by rank, a unique key per search: pages never overlap or skip a result.
-        rows = search.results.select_related("asset").order_by("rank")
+        # Ordered by rank (or a date, then rank), a unique key per search: pages never overlap
+        # or skip a result.
+        rows = matching_results(search, request.query_params.get("matches_only") == "1", request.query_params.get("sort", ""))
         page = paginator.paginate_queryset(rows, request, view=self)
         return paginator.get_paginated_response(SearchResultSerializer(page, many=True, context={"request": request}).data)
