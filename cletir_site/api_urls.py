@@ -10,6 +10,9 @@ router = DefaultRouter()
 router.register("libraries", LibraryViewSet, basename="library")
 router.register("assets", AssetViewSet, basename="asset")
 router.register("searches", SearchViewSet, basename="search")
+from retrieval.album_api import AlbumViewSet  # noqa: E402
+
+router.register("albums", AlbumViewSet, basename="album")
 
 urlpatterns = [
     path("auth/token/", obtain_auth_token, name="api-token"),

@@ -164,6 +164,10 @@ CLETIR_SEARCH_TOP_N = env.int("CLETIR_SEARCH_TOP_N", default=1000)
 CLETIR_FUSION_LAMBDA = env.float("CLETIR_FUSION_LAMBDA", default=0.5)
 # How hard negative examples push similar photos down: q' = normalize(q - β n).
 CLETIR_NEGATIVE_WEIGHT = env.float("CLETIR_NEGATIVE_WEIGHT", default=0.5)
+# Which photos a search calls matches (retrieval.cutoff; README "How many photos match"): those
+# whose estimated probability of being of the category exceeds this, in (0, 1). Higher: fewer,
+# surer matches (albums take fewer photos); lower: more.
+CLETIR_MATCH_POSTERIOR = env.float("CLETIR_MATCH_POSTERIOR", default=0.5)
 # Searches that generate proxies (GPU time) a user may start per hour; cached queries are free.
 # 0: no limit.
 CLETIR_GENERATING_SEARCHES_PER_HOUR = env.int("CLETIR_GENERATING_SEARCHES_PER_HOUR", default=60)
@@ -174,6 +178,13 @@ CLETIR_EXACT_RANK_MAX_ROWS = env.int("CLETIR_EXACT_RANK_MAX_ROWS", default=20000
 # most index tuples a filtered (iterative) scan may visit; tuned by bench/search.py.
 CLETIR_HNSW_EF_SEARCH = env.int("CLETIR_HNSW_EF_SEARCH", default=200)
 CLETIR_HNSW_MAX_SCAN_TUPLES = env.int("CLETIR_HNSW_MAX_SCAN_TUPLES", default=50_000)
+# A search not finished this long after it was queued (or re-queued) is stale: its worker
+# died or its message was lost. The sweeper (retrieval.sweeper) re-queues it once when it never
+# started, else marks it failed so the user can try again. Keep it above the slowest real search.
+CLETIR_SEARCH_STALE_SECONDS = env.int("CLETIR_SEARCH_STALE_SECONDS", default=600)
+# Photo work (thumbnails, indexing) that made no progress for this long while photos wait is
+# queued again by the sweeper.
+CLETIR_PHOTO_WORK_STALE_SECONDS = env.int("CLETIR_PHOTO_WORK_STALE_SECONDS", default=600)
 
 # --- Celery ----------------------------------------------------------------------------------
 # Without CELERY_BROKER_URL, kombu's filesystem transport: a real broker between separate
@@ -200,6 +211,9 @@ CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=_default_backen
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 # A worker is "seen" when its heartbeat is younger than this.
 CLETIR_WORKER_HEARTBEAT_SECONDS = env.int("CLETIR_WORKER_HEARTBEAT_SECONDS", default=10)
+# `celery beat` sends the stale-work sweep every CLETIR_SWEEP_INTERVAL_SECONDS (60; read by
+# cletir_site.celery) and keeps its schedule state in this file.
+CELERY_BEAT_SCHEDULE_FILENAME = env.str("CELERY_BEAT_SCHEDULE_FILENAME", default=str(VAR_DIR / "celerybeat-schedule"))
 
 # --- API -------------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -186,3 +186,30 @@ class ProxySetAdmin(admin.ModelAdmin):
             "", '<img src="{}" alt="proxy {}" style="width:160px;height:160px;object-fit:cover;margin:4px">',
             ((reverse("admin-proxy-image", args=[image.pk]), image.index) for image in proxy_set.images.all()),
         )
+
+
+# --- Smart albums ----------------------------------------------------------------------------
+from .models import Album, AlbumPhoto  # noqa: E402
+
+
+class AlbumPhotoInline(admin.TabularInline):
+    model = AlbumPhoto
+    fields = ["asset", "score", "state", "added_at"]
+    readonly_fields = ["asset", "score", "added_at"]
+    extra = 0
+    max_num = 0
+    ordering = ["-score"]
+
+
+@admin.register(Album)
+class AlbumAdmin(admin.ModelAdmin):
+    list_display = ["name", "user", "space", "cutoff", "members", "created_at"]
+    list_filter = ["space"]
+    search_fields = ["name", "user__username"]
+    readonly_fields = ["space", "cutoff", "source_search", "proxy_set", "disabled_proxies", "created_at"]
+    exclude = ["query_vector"]
+    inlines = [AlbumPhotoInline]
+
+    @admin.display(description="photos (auto + pinned)")
+    def members(self, album):
+        return album.photos.exclude(state=AlbumPhoto.State.REMOVED).count()

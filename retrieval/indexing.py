@@ -137,6 +137,9 @@ def embed_batch(space: EmbeddingSpace, encoders, batch_size: int) -> tuple[int, 
             AssetEmbedding.objects.bulk_create(
                 [AssetEmbedding(asset=a, space=space, vector=v) for a, v in zip(ok, vectors)], ignore_conflicts=True
             )
+            from .albums import add_indexed_photos
+
+            add_indexed_photos(space, ok, vectors)  # smart albums take new photos above their cutoff
         IndexingFailure.objects.bulk_create(failures, ignore_conflicts=True)
     for failure in failures:
         logger.warning("photo %s could not be indexed in %s: %s", failure.asset_id, space, failure.error)

@@ -194,6 +194,17 @@ class Search(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Set when the stale-work sweeper queued the search a second time (its first message was
+    # lost before any worker started it); a search is re-queued at most once.
+    requeued_at = models.DateTimeField(null=True, blank=True)
+    # Where the category's photos end (retrieval.cutoff, estimated over every photo in scope):
+    # how many match, the score of the last match, and the fitted mixture. Null: not estimated.
+    match_count = models.PositiveIntegerField(null=True, blank=True)
+    match_cutoff = models.FloatField(null=True, blank=True)
+    match_estimate = models.JSONField(default=dict, blank=True)
+    # The fused query vector u the photos were ranked by (float32 bytes), so the search can be
+    # saved as an album that scores photos indexed later.
+    query_vector = models.BinaryField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -237,3 +248,50 @@ class SearchResult(models.Model):
             models.UniqueConstraint(fields=["search", "rank"], name="one_result_per_rank"),
             models.UniqueConstraint(fields=["search", "asset"], name="one_result_per_asset"),
         ]
+
+
+class Album(models.Model):
+    """A saved category ("smart album"): a search's query vector and match cutoff, kept so
+    that photos indexed later join it when they score above the cutoff (retrieval.albums)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="albums")
+    name = models.CharField(max_length=200)
+    # Empty: every library the user may see (at the time a photo is scored or shown).
+    libraries = models.ManyToManyField(Library, blank=True, related_name="+")
+    space = models.ForeignKey(EmbeddingSpace, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+                              help_text="The space of the query vector; photos of other spaces are not scored")
+    query_vector = models.BinaryField(help_text="u = [(1-λ)t; λq] as float32 bytes")
+    cutoff = models.FloatField(help_text="Photos scoring at least this join the album")
+    source_search = models.ForeignKey(Search, on_delete=models.SET_NULL, null=True, blank=True, related_name="albums")
+    proxy_set = models.ForeignKey(ProxySet, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    disabled_proxies = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class AlbumPhoto(models.Model):
+    """A photo's place in an album: added by its score (auto) or by hand (pinned), or taken out
+    by hand (removed: kept as a row so that re-indexing or rescoring never brings it back)."""
+
+    class State(models.TextChoices):
+        AUTO = "auto", "Above the cutoff"
+        PINNED = "pinned", "Pinned"
+        REMOVED = "removed", "Removed"
+
+    album = models.ForeignKey(Album, on_delete=models.CASCADE, related_name="photos")
+    asset = models.ForeignKey(Asset, on_delete=models.CASCADE, related_name="+")
+    score = models.FloatField(null=True, blank=True)
+    state = models.CharField(max_length=8, choices=State.choices, default=State.AUTO)
+    added_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["album", "asset"], name="one_album_photo_per_asset")]
+        indexes = [models.Index(fields=["album", "state"])]
+
+    def __str__(self) -> str:
+        return f"asset {self.asset_id} in album {self.album_id} ({self.state})"

@@ -72,6 +72,7 @@ PHASES = {
     "negatives": "Reading the negative examples",
     "aggregation": "Aggregating the proxies",
     "ranking": "Ranking the photos",
+    "matches": "Counting the matching photos",
     "store": "Storing the results",
 }
 
@@ -291,6 +292,10 @@ def _execute(run: _Run) -> None:
     run.save(status=Search.Status.RANKING, progress=75)
     with run.stage("ranking"):
         rows = rank(space, u, library_ids, search.top_n)
+    with run.stage("matches"):
+        from .matches import record_matches
+
+        record_matches(search, space, u, library_ids, rows, [g for g, on in zip(tokens, active) if on])
 
     run.phase = "store"
     with transaction.atomic():

@@ -42,7 +42,7 @@ class SearchSerializer(serializers.ModelSerializer):
         model = Search
         fields = ["id", "url", "results_url", "text", "libraries", "k", "seed", "lambda_override", "text_only",
                   "parent", "disabled_proxies", "positive_assets", "negative_assets", "negative_text", "status", "status_display", "progress", "error",
-                  "space", "lambda_used", "aggregation", "timings", "result_count", "proxies", "created_at",
+                  "space", "lambda_used", "aggregation", "timings", "result_count", "match_count", "match_cutoff", "proxies", "created_at",
                   "started_at", "finished_at"]
 
     def _absolute(self, name, *args):

@@ -10,3 +10,15 @@ urlpatterns = [
     path("search/<int:pk>/examples/<int:example_id>", views.example_image, name="search-example-image"),
     path("proxy-images/<int:image_id>", views.admin_proxy_image, name="admin-proxy-image"),
 ]
+
+# Smart albums (retrieval.albums).
+from . import album_views  # noqa: E402
+
+urlpatterns += [
+    path("albums/", album_views.album_list, name="album-list"),
+    path("albums/<int:pk>/", album_views.album_detail, name="album-detail"),
+    path("albums/<int:pk>/audit", album_views.album_audit, name="album-audit"),
+    path("albums/<int:pk>/delete", album_views.album_delete, name="album-delete"),
+    path("albums/<int:pk>/photos/<int:asset_id>/state", album_views.album_photo_state, name="album-photo-state"),
+    path("search/<int:pk>/save-album", album_views.album_from_search, name="search-save-album"),
+]

@@ -66,11 +66,15 @@ def _own_search(request, pk) -> Search:
 def search_detail(request, pk):
     search = _own_search(request, pk)
     size = page_size_from(request)
-    results = search.results.select_related("asset").order_by("rank")
+    from .albums import matching_results  # smart albums: "only the matches", by date
+
+    matches_only, sort = request.GET.get("matches_only") == "1", request.GET.get("sort", "")
+    results = matching_results(search, matches_only, sort)
     page = Paginator(results, size).get_page(request.GET.get("page"))
     proxies = list(search.proxy_set.images.all()) if search.proxy_set else []
     return render(request, "retrieval/search_detail.html", {
         "search": search, "page": page, "size": size, "page_sizes": PAGE_SIZES, "proxies": proxies,
+        "matches_only": matches_only, "sort": sort if matches_only else "",
         "disabled": set(search.disabled_proxies), "examples": search.examples.all(),
         "positives": search.positive_assets.all(), "negatives": search.negative_assets.all(),
     })
