@@ -15,7 +15,7 @@ export DJANGO_DEBUG ?= 1
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test setup venv redis clean-state
+.PHONY: demo test setup venv redis chromium clean-state
 
 demo: setup
 	@$(PY) manage.py ensure_admin
@@ -23,7 +23,7 @@ demo: setup
 	$(PY) manage.py import_sample_library
 	$(PY) -m cletir_site.demo
 
-test: setup redis
+test: setup redis chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 setup: $(STAMP)
@@ -50,6 +50,15 @@ redis:
 		redis-server --daemonize yes --bind $(REDIS_HOST) --port $(REDIS_PORT) --save "" --appendonly no && sleep 1; \
 	else \
 		echo "redis: not installed; the tests that need a Redis broker will be skipped"; \
+	fi
+
+# The browser tests drive Debian's Chromium (Playwright's own browser download does not work
+# here); install it once, as root, when it is missing.
+chromium:
+	@if [ -x /usr/bin/chromium ]; then \
+		echo "chromium: /usr/bin/chromium"; \
+	else \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
 	fi
 
 # Removes the checkout's runtime state (database, media, broker queues, built models).

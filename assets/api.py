@@ -90,7 +90,10 @@ class LibraryViewSet(viewsets.ModelViewSet):
         }
         return Response(body, status=status.HTTP_200_OK)
 
-    @extend_schema(responses=RejectedFileSerializer(many=True))
+    @extend_schema(responses=inline_serializer("PaginatedRejectedFileList", {
+        "count": serializers.IntegerField(), "next": serializers.URLField(allow_null=True),
+        "previous": serializers.URLField(allow_null=True), "results": RejectedFileSerializer(many=True),
+    }))
     @action(detail=True, methods=["get"])
     def rejected(self, request, pk=None):
         library = self.get_object()

@@ -34,6 +34,18 @@ app.conf.broker_connection_retry_on_startup = True
 app.conf.task_serializer = "json"
 app.conf.accept_content = ["json"]
 app.autodiscover_tasks()
+# `celery -A cletir_site beat` sends the stale-work sweep (retrieval.sweeper) on a timer. The
+# interval is read from the environment here, not from Django settings, which are not loaded yet
+# when this module is imported. A sweep that no worker took before the next one was due is
+# dropped (expires): both would do the same thing.
+SWEEP_INTERVAL_SECONDS = float(os.environ.get("CLETIR_SWEEP_INTERVAL_SECONDS", "60"))
+app.conf.beat_schedule = {
+    "sweep-stale-work": {
+        "task": "retrieval.tasks.maintenance.sweep_stale_work",
+        "schedule": SWEEP_INTERVAL_SECONDS,
+        "options": {"expires": SWEEP_INTERVAL_SECONDS},
+    },
+}
 
 
 class HeartbeatStep(bootsteps.StartStopStep):

@@ -222,7 +222,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.TokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "cletir_site.api_schema.CletirAutoSchema",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "cletir API",

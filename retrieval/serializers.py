@@ -36,7 +36,7 @@ class SearchSerializer(serializers.ModelSerializer):
     positive_assets = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
     negative_assets = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
     proxies = serializers.SerializerMethodField()
-    space = serializers.CharField(source="space.name", default=None, read_only=True)
+    space = serializers.CharField(source="space.name", default=None, read_only=True, allow_null=True)
 
     class Meta:
         model = Search

@@ -40,11 +40,12 @@ def redis_available() -> bool:
 class WorkerProcess:
     """A real `celery worker` subprocess on the test database; stopped (or killed) at teardown."""
 
-    def __init__(self, env: dict, queues: str, log_path: Path):
+    def __init__(self, env: dict, queues: str, log_path: Path, module: str = "celery", broker: str = "filesystem"):
+        self.broker = broker
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "cletir_site", "worker", "--queues", queues,
+            [sys.executable, "-m", module, "-A", "cletir_site", "worker", "--queues", queues,
              "--concurrency", "1", "--pool", "prefork", "--loglevel", "INFO",
              "--hostname", f"test-{os.getpid()}-{time.monotonic_ns()}@%h"],
             cwd=PROJECT_DIR, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -83,16 +84,21 @@ def start_worker(transactional_db, settings, tmp_path, monkeypatch):
     workers: list[WorkerProcess] = []
     saved_conf = {key: app.conf[key] for key in ("broker_url", "result_backend", "broker_transport_options")}
 
-    def start(broker: str = "filesystem", queues: str = "search,embed,default") -> WorkerProcess:
+    def start(broker: str = "filesystem", queues: str = "search,embed,default", env: dict | None = None,
+              module: str = "celery") -> WorkerProcess:
+        """`env` adds to (or overrides) the worker's environment; `module` is what `python -m`
+        runs instead of celery (a wrapper that takes celery's arguments, see tests/faults)."""
         env = {**os.environ, "DATABASE_URL": database_url_for(connection.settings_dict), "DJANGO_DEBUG": "1",
                "CLETIR_WORKER_HEARTBEAT_SECONDS": str(settings.CLETIR_WORKER_HEARTBEAT_SECONDS),
-               "CLETIR_MEDIA_ROOT": str(settings.MEDIA_ROOT)}
+               "CLETIR_MEDIA_ROOT": str(settings.MEDIA_ROOT), **(env or {})}
         if broker == "redis":
             if not redis_available():
                 pytest.skip("no Redis server on 127.0.0.1:6379")
             import redis
 
-            redis.Redis.from_url(REDIS_URL).flushdb()
+            if not any(w.broker == "redis" for w in workers):
+                # Once per test: a worker started later (a restart) must find what was queued.
+                redis.Redis.from_url(REDIS_URL).flushdb()
             env.update(CELERY_BROKER_URL=REDIS_URL, CELERY_RESULT_BACKEND=REDIS_URL)
             conf = {"broker_url": REDIS_URL, "result_backend": REDIS_URL, "broker_transport_options": {}}
         else:
@@ -105,7 +111,7 @@ def start_worker(transactional_db, settings, tmp_path, monkeypatch):
             conf = {"broker_url": "filesystem://localhost//", "result_backend": (broker_dir / "results").as_uri(),
                     "broker_transport_options": options}
         _configure_app(app, conf)
-        worker = WorkerProcess(env, queues, tmp_path / f"worker-{len(workers)}.log")
+        worker = WorkerProcess(env, queues, tmp_path / f"worker-{len(workers)}.log", module, broker)
         workers.append(worker)
         return worker
 

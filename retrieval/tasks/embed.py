@@ -5,11 +5,22 @@ import logging
 
 from celery import shared_task
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="retrieval.tasks.embed.index_space", acks_late=True)
+# A database restart or failover drops the connection mid-batch: the batch rolls back and the
+# task runs again once the database is back (backoff 2, 4, 8, ... s, capped at a minute, for a
+# quarter of an hour at least). Other errors are not retried: the stale-work sweeper queues
+# indexing again if photos stay pending.
+TRANSIENT_ERRORS = (OperationalError, InterfaceError)
+
+
+@shared_task(
+    name="retrieval.tasks.embed.index_space", acks_late=True, autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=2, retry_backoff_max=60, retry_jitter=False, max_retries=20,
+)
 def index_space(space_id: int) -> dict:
     """Embed every pending photo into the space, batch by batch; then switch search to it
     when it is complete. Idempotent: a second run (a retry, a duplicate) finds nothing pending."""

@@ -1,4 +1,5 @@
-"""Platform tasks: round-trip checks between the web process and the workers."""
+"""Platform tasks: round-trip checks between the web process and the workers, and the
+periodic sweep of stale work."""
 from __future__ import annotations
 
 import os
@@ -11,3 +12,11 @@ from celery import shared_task
 def ping(token: str) -> dict:
     """Echo a token with the identity of the process that ran it."""
     return {"token": token, "pid": os.getpid(), "host": socket.gethostname()}
+
+
+@shared_task(name="retrieval.tasks.maintenance.sweep_stale_work")
+def sweep_stale_work() -> dict:
+    """The periodic stale-work sweep (`celery beat`, see cletir_site.celery); returns its counts."""
+    from retrieval.sweeper import sweep_stale_work as sweep
+
+    return sweep().as_dict()

@@ -16,7 +16,7 @@ RETRY_DELAY_SECONDS = 2
 @shared_task(name="retrieval.tasks.search.run_search", bind=True, acks_late=True, max_retries=MAX_RETRIES)
 def run_search(self, search_id: int) -> dict:
     """Run a search to the end (`retrieval.search_runner.execute`). Idempotent: a search
-    already done returns at once, a half-done one starts over. On any error the search is
+    already done (or failed) returns at once, a half-done one starts over. On any error the search is
     marked FAILED with a readable reason, so it is never left "running"."""
     from retrieval.models import Search
     from retrieval.search_runner import TRANSIENT_ERRORS, SearchFailed, execute, mark_failed
@@ -24,6 +24,11 @@ def run_search(self, search_id: int) -> dict:
     search = Search.objects.filter(pk=search_id).select_related("user").first()
     if search is None:
         return {"search": search_id, "status": "deleted"}
+    if search.status == Search.Status.FAILED:
+        # Final: the user retries with a new search. A message delivered again after the
+        # sweeper failed the search (its worker died) must not bring it back to "running";
+        # and a search that kills its worker every time stops being delivered here.
+        return {"search": search_id, "status": search.status}
     try:
         execute(search)
     except SearchFailed as exc:

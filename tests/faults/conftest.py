@@ -1,0 +1,69 @@
+"""Fault tests: real workers (tests.faults.paused_worker) killed at known points, a real broker
+(Redis when it runs, else the filesystem broker), the real database. Each wait is bounded."""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import WorkerProcess, redis_available, wait_for
+
+BROKER = "redis" if redis_available() else "filesystem"
+PAUSED_WORKER = "tests.faults.paused_worker"
+
+
+class Marks:
+    """The mark files a paused worker writes as it enters a paused call (see paused_worker)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def of(self, what: str) -> list[tuple[int, int]]:
+        """(time, pid) of every `what` call entered so far, oldest first."""
+        marks = [path.name.split("-") for path in self.folder.glob(f"{what}-*")]
+        return sorted((int(stamp), int(pid)) for _, pid, stamp in marks)
+
+    def release(self) -> None:
+        """Let every paused call, now and later, go on at once."""
+        (self.folder / "release").touch()
+
+    def wait(self, what: str, count: int, timeout: float = 60) -> int:
+        """Wait until the `count`-th `what` call has begun; returns the pid of the process in it."""
+        wait_for(lambda: len(self.of(what)) >= count, timeout=timeout, message=f"{count} {what} calls")
+        return self.of(what)[count - 1][1]
+
+
+@pytest.fixture
+def marks(tmp_path) -> Marks:
+    folder = tmp_path / "marks"
+    folder.mkdir()
+    return Marks(folder)
+
+
+@pytest.fixture
+def paused_env(marks):
+    """Environment of a paused worker: calls pause long enough to be killed inside them."""
+    return {"FAULT_MARK_DIR": str(marks.folder), "FAULT_PAUSE_SECONDS": "2", "CLETIR_WORKER_HEARTBEAT_SECONDS": "2"}
+
+
+def kill_pool_process(pid: int) -> None:
+    """SIGKILL one pool process: its parent (the worker) sees WorkerLostError and replaces it."""
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not _alive(pid), timeout=10, message=f"process {pid} to die")
+
+
+def kill_whole_worker(worker: WorkerProcess) -> None:
+    """SIGKILL the worker and its pool at once, as the OOM killer or a lost machine would: no
+    one is left to hand the message back."""
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.process.wait(10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        # A killed child stays a zombie until its parent reaps it: that is dead too.
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
