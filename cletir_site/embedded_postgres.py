@@ -9,6 +9,7 @@ is gone (a killed run) as stale, so the next start is never blocked by it.
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -26,7 +27,16 @@ def is_running(pgdata: Path) -> bool:
         warnings.simplefilter("ignore")
         from pgserver.utils import PostmasterInfo
 
-        info = PostmasterInfo.read_from_pgdata(Path(pgdata).resolve())
+        # While another process starts the server, postmaster.pid is written in steps and
+        # pgserver's parser rejects the partial file: wait for the complete one (~1 s at most).
+        for _ in range(20):
+            try:
+                info = PostmasterInfo.read_from_pgdata(Path(pgdata).resolve())
+                break
+            except (AssertionError, ValueError):
+                time.sleep(0.05)
+        else:
+            return False
     return info is not None and info.is_running()
 
 
@@ -76,10 +86,13 @@ def _ensure_database(server, name: str) -> None:
     marker = Path(server.pgdata) / f".cletir-db-{name}"
     if marker.exists():
         return
-    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}';")
-    if "(1 row)" not in exists:
-        server.psql(f'CREATE DATABASE "{name}";')
-    marker.touch()
+    # pgserver's inter-process lock: two processes starting at once (web and worker) must not
+    # both see no database and both create it (one CREATE DATABASE would fail).
+    with type(server)._lock:
+        exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}';")
+        if "(1 row)" not in exists:
+            server.psql(f'CREATE DATABASE "{name}";')
+        marker.touch()
 
 
 def stop(pgdata: Path) -> bool:
