@@ -156,6 +156,9 @@ os.environ["CLETIR_MODEL_DIR"] = str(CLETIR_MODEL_DIR)
 CLETIR_PROFILE = env.str("CLETIR_PROFILE", default="default")
 # Photos embedded per forward pass by the indexing task.
 CLETIR_INDEX_BATCH_SIZE = env.int("CLETIR_INDEX_BATCH_SIZE", default=32)
+# An indexing task works this long, then queues the rest as a new task, so that a search
+# waiting on a worker that also indexes (one GPU, both queues) runs between slices.
+CLETIR_INDEX_TASK_SECONDS = env.int("CLETIR_INDEX_TASK_SECONDS", default=60)
 
 # --- Search ---
 # How many ranked photos a search stores (the gallery pages through them).

@@ -22,9 +22,18 @@ TRANSIENT_ERRORS = (OperationalError, InterfaceError)
     retry_backoff=2, retry_backoff_max=60, retry_jitter=False, max_retries=20,
 )
 def index_space(space_id: int) -> dict:
-    """Embed every pending photo into the space, batch by batch; then switch search to it
-    when it is complete. Idempotent: a second run (a retry, a duplicate) finds nothing pending."""
-    from retrieval.indexing import embed_batch
+    """Embed pending photos into the space, batch by batch, for at most
+    CLETIR_INDEX_TASK_SECONDS; then queue the rest as a new task, or, when nothing is left,
+    switch search to the space if it is complete. Idempotent: a second run (a retry, a
+    duplicate) finds nothing pending.
+
+    Time-sliced because one GPU worker often serves both `search` and `embed`: a 100,000-photo
+    backfill as one task would hold the process for hours and every search would wait behind
+    it; between slices the worker takes the next message, a waiting search included.
+    """
+    import time
+
+    from retrieval.indexing import embed_batch, schedule_indexing
     from retrieval.models import EmbeddingSpace
     from retrieval.spaces import encoders_for, switch_serving_if_complete
 
@@ -34,12 +43,17 @@ def index_space(space_id: int) -> dict:
     # From here on, a new upload must queue another run: this one may already be past it.
     EmbeddingSpace.objects.filter(pk=space_id).update(indexing_queued_at=None)
     encoders = encoders_for(space)
+    deadline = time.monotonic() + settings.CLETIR_INDEX_TASK_SECONDS
     indexed = failed = 0
     while True:
         done, bad = embed_batch(space, encoders, settings.CLETIR_INDEX_BATCH_SIZE)
         if done == bad == 0:
             break
         indexed, failed = indexed + done, failed + bad
+        if time.monotonic() >= deadline:
+            schedule_indexing(space)  # the rest, behind whatever else is queued now
+            logger.info("indexed %d photos into %s (%d failed); continuing in a new task", indexed, space, failed)
+            return {"space": space_id, "indexed": indexed, "failed": failed, "continued": True}
     switch_serving_if_complete(space)
     logger.info("indexed %d photos into %s (%d failed)", indexed, space, failed)
     return {"space": space_id, "indexed": indexed, "failed": failed}

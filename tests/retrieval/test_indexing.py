@@ -76,6 +76,25 @@ def test_index_space_embeds_every_photo_once_and_matches_the_engine(tiny_space, 
     assert tiny_space.is_serving and tiny_space.completed_at is not None
 
 
+def test_a_long_backfill_is_cut_into_slices_that_queue_the_rest(tiny_space, library, media_root, settings):
+    settings.CLETIR_INDEX_BATCH_SIZE = 2
+    settings.CLETIR_INDEX_TASK_SECONDS = 0  # every slice ends after one batch
+    assets = [write_photo(media_root, library, i) for i in range(5)]
+    activate_space(tiny_space)
+
+    first = index_space(tiny_space.pk)
+
+    assert first == {"space": tiny_space.pk, "indexed": 2, "failed": 0, "continued": True}
+    assert tiny_space.sent == [tiny_space.pk]  # the rest is queued behind other work
+    tiny_space.refresh_from_db()
+    assert not tiny_space.completed_at
+    settings.CLETIR_INDEX_TASK_SECONDS = 60
+    assert index_space(tiny_space.pk) == {"space": tiny_space.pk, "indexed": 3, "failed": 0}
+    assert _embeddings_per_asset(tiny_space) == {a.pk: 1 for a in assets}
+    tiny_space.refresh_from_db()
+    assert tiny_space.completed_at is not None and tiny_space.is_serving
+
+
 def test_a_batch_that_dies_midway_leaves_its_photos_pending_and_a_rerun_indexes_each_once(
     tiny_space, library, media_root, settings, monkeypatch
 ):
