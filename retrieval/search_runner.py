@@ -292,10 +292,6 @@ def _execute(run: _Run) -> None:
     run.save(status=Search.Status.RANKING, progress=75)
     with run.stage("ranking"):
         rows = rank(space, u, library_ids, search.top_n)
-    with run.stage("matches"):
-        from .matches import record_matches
-
-        record_matches(search, space, u, library_ids, rows, [g for g, on in zip(tokens, active) if on])
 
     run.phase = "store"
     with transaction.atomic():
@@ -308,6 +304,19 @@ def _execute(run: _Run) -> None:
         run.timings["total"] = time.perf_counter() - run.started
         run.save(status=Search.Status.DONE, progress=100, result_count=len(rows), lambda_used=lam,
                  aggregation=aggregation, timings=_rounded(run.timings), finished_at=timezone.now())
+
+    # After DONE: counting the matches scores every photo in scope (hundreds of ms at 100k
+    # photos), which must not delay the ranked results; the page waits for the count.
+    started = time.perf_counter()
+    try:
+        from .matches import record_matches
+
+        record_matches(search, space, u, library_ids, rows, [g for g, on in zip(tokens, active) if on])
+    except Exception:  # the count is an estimate on top of finished results: log, keep the results
+        logger.exception("could not count the matching photos of search %s", search.pk)
+        return
+    run.timings["matches"] = time.perf_counter() - started
+    Search.objects.filter(pk=search.pk).update(timings=_rounded(run.timings))
 
 
 def _store_results(search: Search, rows: list) -> None:
