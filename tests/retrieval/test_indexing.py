@@ -38,11 +38,6 @@ def tiny_space(tiny_model_dir, db, monkeypatch):
     return space
 
 
-@pytest.fixture
-def library(make_user):
-    return Library.objects.create(name="Harbour", owner=make_user("ann"))
-
-
 def _embeddings_per_asset(space) -> dict[int, int]:
     counts: dict[int, int] = {}
     for asset_id in AssetEmbedding.objects.filter(space=space).values_list("asset_id", flat=True):

@@ -86,16 +86,6 @@ def fused(i_part: np.ndarray, v_part: np.ndarray) -> np.ndarray:
     return np.concatenate([i_part, v_part]).astype(np.float32)
 
 
-@pytest.fixture
-def ann(make_user):
-    return make_user("ann")
-
-
-@pytest.fixture
-def library(ann):
-    return Library.objects.create(name="Harbour", owner=ann)
-
-
 # ---------------------------------------------------------------------------- ranking
 
 

@@ -8,7 +8,7 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from assets.models import Asset, Library, Rendition
+from assets.models import Asset, Rendition
 from retrieval import sweeper
 from retrieval.models import AssetEmbedding, EmbeddingSpace, Search
 from retrieval.sweeper import NEVER_PICKED_UP, WORKER_DIED, SweepReport, sweep_stale_work
@@ -37,16 +37,6 @@ def sent(monkeypatch):
     monkeypatch.setattr(index_space, "delay", lambda pk: record["index"].append(pk))
     monkeypatch.setattr(make_renditions, "delay", lambda pk: record["renditions"].append(pk))
     return record
-
-
-@pytest.fixture
-def ann(make_user):
-    return make_user("ann")
-
-
-@pytest.fixture
-def library(ann):
-    return Library.objects.create(name="Harbour", owner=ann)
 
 
 def ago(seconds: float):
