@@ -1,13 +1,11 @@
 """Pages of photo libraries: list, create, gallery, photo detail, members, and file serving."""
 from __future__ import annotations
 
-import mimetypes
-
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db.models import Count, F, Prefetch
-from django.http import FileResponse, Http404
+from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -15,6 +13,7 @@ from django.views.decorators.http import require_GET, require_POST
 from .forms import LibraryForm, MemberForm
 from .models import Asset, LibraryMembership, Rendition
 from .permissions import Access, libraries_visible_to, library_for
+from .serving import serve_file
 from .services import delete_library
 
 PAGE_SIZES = (24, 48, 96, 200)
@@ -160,18 +159,8 @@ def asset_file(request, asset_id, variant="original"):
         raise Http404("No such photo.")
     library_for(request.user, asset.library_id)  # 404 for anyone who can't see the library
     if variant == "original":
-        field = asset.file
-    else:
-        rendition = asset.renditions.filter(name=variant).first()
-        if rendition is None:
-            raise Http404("This rendition is not ready yet.")
-        field = rendition.file
-    try:
-        handle = field.open("rb")
-    except FileNotFoundError:
-        raise Http404("The file is missing from storage.") from None
-    content_type = mimetypes.guess_type(field.name)[0] or "application/octet-stream"
-    response = FileResponse(handle, content_type=content_type)
-    # Private photos: browsers may cache them, shared caches must not.
-    response["Cache-Control"] = "private, max-age=3600"
-    return response
+        return serve_file(asset.file)
+    rendition = asset.renditions.filter(name=variant).first()
+    if rendition is None:
+        raise Http404("This rendition is not ready yet.")
+    return serve_file(rendition.file)

@@ -147,6 +147,12 @@ CLETIR_RENDITIONS = {
 # Files one user may upload per hour (archive entries count); 0: no limit.
 CLETIR_UPLOAD_FILES_PER_HOUR = env.int("CLETIR_UPLOAD_FILES_PER_HOUR", default=5000)
 
+# Production: let the web server send photo files after Django's permission check
+# (`X-Accel-Redirect` for nginx, with an internal location at CLETIR_SENDFILE_PREFIX aliased to
+# MEDIA_ROOT; `X-Sendfile` for Apache). Empty: Django streams the file itself.
+CLETIR_SENDFILE_HEADER = env.str("CLETIR_SENDFILE_HEADER", default="")
+CLETIR_SENDFILE_PREFIX = env.str("CLETIR_SENDFILE_PREFIX", default="/protected-media/")
+
 # --- Models ----------------------------------------------------------------------------------
 # Where model weights live (one folder per hub id); the engine reads CLETIR_MODEL_DIR too.
 CLETIR_MODEL_DIR = Path(env.str("CLETIR_MODEL_DIR", default=str(VAR_DIR / "models")))

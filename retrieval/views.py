@@ -4,11 +4,12 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404
+from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from assets.permissions import libraries_visible_to
+from assets.serving import serve_file
 from assets.views import PAGE_SIZES, page_size_from
 
 from .limits import RateLimited
@@ -111,9 +112,7 @@ def proxy_image(request, pk, index):
     image = search.proxy_set.images.filter(index=index).first() if search.proxy_set else None
     if image is None:
         raise Http404("No such proxy image.")
-    response = FileResponse(image.file.open("rb"), content_type="image/webp")
-    response["Cache-Control"] = "private, max-age=86400"
-    return response
+    return serve_file(image.file, "image/webp", cache_seconds=86400)
 
 
 @login_required
@@ -121,7 +120,7 @@ def proxy_image(request, pk, index):
 def example_image(request, pk, example_id):
     search = _own_search(request, pk)
     example = get_object_or_404(search.examples, pk=example_id)
-    return FileResponse(example.file.open("rb"), content_type="image/jpeg")
+    return serve_file(example.file)
 
 
 @require_GET
@@ -134,4 +133,4 @@ def admin_proxy_image(request, image_id):
     if not (request.user.is_authenticated and request.user.is_staff):
         raise PermissionDenied
     image = get_object_or_404(ProxyImage, pk=image_id)
-    return FileResponse(image.file.open("rb"), content_type="image/webp")
+    return serve_file(image.file, "image/webp")
