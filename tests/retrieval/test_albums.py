@@ -19,7 +19,7 @@ from retrieval.matches import query_from_bytes
 from retrieval.models import Album, AlbumPhoto, AssetEmbedding, SearchResult
 from retrieval.tasks.search import run_search
 from tests.retrieval.test_cutoff import planted_scores
-from tests.retrieval.test_search_core import ann, library, new_search, text_vector, tiny  # noqa: F401 (fixtures)
+from tests.retrieval.test_search_core import new_search, text_vector, tiny  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.django_db
 TEXT = "sailboat"
