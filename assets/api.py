@@ -25,6 +25,9 @@ from .services import delete_assets, delete_library
 
 
 class PhotoPagination(PageNumberPagination):
+    """Pages of photos everywhere in the API (a library's photos, search results, albums),
+    with the page sizes the galleries offer (`size`, at most 200)."""
+
     page_size = 48
     page_size_query_param = "size"
     max_page_size = 200

@@ -11,8 +11,9 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
+
+from assets.api import PhotoPagination
 
 from .albums import SORTS, AlbumError, album_photos, create_album_from_search, set_photo_state
 from .models import Album, AlbumPhoto, Search
@@ -59,12 +60,6 @@ class AlbumPhotoStateSerializer(serializers.Serializer):
     asset = serializers.IntegerField()
 
 
-class AlbumPhotoPagination(PageNumberPagination):
-    page_size = 48
-    page_size_query_param = "size"
-    max_page_size = 200
-
-
 class AlbumViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin,
                    viewsets.GenericViewSet):
     serializer_class = AlbumSerializer
@@ -95,7 +90,7 @@ class AlbumViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
         sort = request.query_params.get("sort", "taken")
         if sort not in SORTS:
             raise ValidationError({"sort": [f"One of: {', '.join(SORTS)}."]})
-        paginator = AlbumPhotoPagination()
+        paginator = PhotoPagination()
         page = paginator.paginate_queryset(album_photos(album, request.user, sort), request, view=self)
         return paginator.get_paginated_response(AlbumPhotoSerializer(page, many=True, context={"request": request}).data)
 

@@ -5,10 +5,10 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serial
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import Throttled, ValidationError
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from assets.api import PhotoPagination
 from assets.models import Asset, Library
 from assets.permissions import library_for
 
@@ -69,18 +69,12 @@ class AssetIndexStatusView(APIView):
         return Response({"space": space.name, "status": "pending", "error": None})
 
 
-class ResultPagination(PageNumberPagination):
-    page_size = 48
-    page_size_query_param = "size"
-    max_page_size = 200
-
-
 class SearchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Searches of the current user. POST creates one and answers 202: the search runs on a
     worker; poll its URL until `status` is `done`, then page through `results_url`."""
 
     serializer_class = SearchSerializer
-    pagination_class = ResultPagination
+    pagination_class = PhotoPagination
     # For the schema generator, which has no user to call get_queryset() with: the id's type.
     queryset = Search.objects.none()
 
@@ -138,7 +132,7 @@ class SearchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         from .albums import matching_results
 
         search = self.get_object()
-        paginator = ResultPagination()
+        paginator = PhotoPagination()
         # Ordered by rank (or a date, then rank), a unique key per search: pages never overlap
         # or skip a result.
         rows = matching_results(search, request.query_params.get("matches_only") == "1", request.query_params.get("sort", ""))
