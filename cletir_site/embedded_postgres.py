@@ -58,12 +58,16 @@ def ensure_running(pgdata: Path) -> dict:
         warnings.simplefilter("ignore")
         import pgserver
 
-        if not is_running(pgdata):
+        was_running = is_running(pgdata)
+        if not was_running:
             # pgserver caches one handle per folder and trusts it; a server that died under
             # this process (killed, crashed) must be started again, not returned from the cache.
             pgserver.PostgresServer._instances.pop(pgdata, None)
         try:
             server = pgserver.get_server(pgdata, cleanup_mode=None)
+            if _configure(server, restart_allowed=not was_running):
+                pgserver.PostgresServer._instances.pop(pgdata, None)
+                server = pgserver.get_server(pgdata, cleanup_mode=None)
         except Exception as exc:  # pgserver raises CalledProcessError/TimeoutExpired/asserts
             raise EmbeddedPostgresError(
                 f"Could not start the embedded Postgres in {pgdata}: {exc}. "
@@ -80,6 +84,71 @@ def ensure_running(pgdata: Path) -> dict:
         "HOST": str(info.socket_dir),
         "PORT": str(info.port or ""),
     }
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def _megabytes(value: float, low: int, high: int) -> str:
+    return f"{int(min(high, max(low, value / (1 << 20))))}MB"
+
+
+def server_settings() -> dict[str, str]:
+    """Settings the embedded server runs with, beyond initdb's defaults (which size it for a
+    machine of 2005: 128 MB of shared buffers).
+
+    * shared_buffers, a quarter of the RAM up to 1 GB (CLETIR_PG_SHARED_BUFFERS overrides): an
+      HNSW search reads index pages at random, and pages outside the buffer pool cost a copy from
+      the OS each time; 100k photos make a 273 MB index (bench/search.py, where this setting
+      takes a top-1000 query from ~30 to ~18 ms).
+    * maintenance_work_mem, an eighth of the RAM up to 1 GB: an HNSW build that does not fit
+      its graph in memory slows down many times over.
+    * jit off: the searches are short queries that compilation would only delay.
+    """
+    memory = _memory_bytes()
+    return {
+        "shared_buffers": os.environ.get("CLETIR_PG_SHARED_BUFFERS") or _megabytes(memory / 4, 128, 1024),
+        "maintenance_work_mem": _megabytes(memory / 8, 64, 1024),
+        "jit": "off",
+    }
+
+
+def _configure(server, restart_allowed: bool) -> bool:
+    """Apply `server_settings()` with ALTER SYSTEM when they changed (a marker in the data
+    folder remembers what was applied). shared_buffers needs a restart: done here only when this
+    process has just started the server (nobody else is attached yet), else it applies at the
+    next start. Returns whether the server was restarted."""
+    import json
+    import subprocess
+
+    wanted = server_settings()
+    marker = Path(server.pgdata) / ".cletir-settings.json"
+    with type(server)._lock:
+        try:
+            applied = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            applied = {}
+        if applied == wanted:
+            return False
+        statements = "".join(f"ALTER SYSTEM SET {name} = '{value}';\n" for name, value in wanted.items())
+        server.psql(statements + "SELECT pg_reload_conf();")
+        marker.write_text(json.dumps(wanted))
+        if applied.get("shared_buffers") == wanted["shared_buffers"] or not restart_allowed:
+            return False
+        from pgserver._commands import pg_ctl
+
+        user = "pgserver" if os.geteuid() == 0 else None
+        try:
+            # pg_ctl restart reuses the start's options (socket folder, no TCP) from postmaster.opts.
+            pg_ctl(["-w", "-m", "fast", "-l", str(server.log), "restart"], pgdata=Path(server.pgdata), user=user,
+                   timeout=60)
+        except subprocess.CalledProcessError as exc:
+            raise EmbeddedPostgresError(f"Could not restart the embedded Postgres with {wanted}: {exc}") from exc
+        return True
 
 
 def _ensure_database(server, name: str) -> None:

@@ -48,6 +48,13 @@ def test_start_twice_and_from_several_processes_at_once(pgdata):
     with _connect(first) as conn:
         version = conn.execute("SELECT current_setting('server_version_num')::int").fetchone()[0]
         available = conn.execute("SELECT default_version FROM pg_available_extensions WHERE name='vector'").fetchone()[0]
+        settings = dict(conn.execute(
+            "SELECT name, CASE WHEN unit = '8kB' THEN (setting::bigint * 8192 >> 20) || 'MB' "
+            "WHEN unit = 'kB' THEN (setting::bigint >> 10) || 'MB' ELSE setting END "
+            "FROM pg_settings WHERE name IN ('shared_buffers', 'maintenance_work_mem', 'jit')").fetchall())
+    # The server runs with the project's settings from its first start (shared_buffers needs
+    # the restart that the starting process does), not initdb's 128 MB of shared buffers.
+    assert settings == embedded_postgres.server_settings()
     assert version >= 180000
     assert tuple(int(x) for x in available.split(".")[:2]) >= (0, 8)
 
