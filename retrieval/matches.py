@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 from django.conf import settings
-from django.db import connection
 
 from assets.models import Asset
 
 from .cutoff import MatchEstimate, estimate_matches
 from .models import AssetEmbedding, EmbeddingSpace, Search
+from .vector_params import VectorParam, binary_cursor
 
 # Text parts of this many top-ranked photos stand in for the text part of an on-category photo
 # when the proxies (which have only vision features) give the category hint.
@@ -37,16 +37,16 @@ def scope_scores(space: EmbeddingSpace, u: np.ndarray, library_ids: list[int]) -
     if not library_ids:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
     embeddings, assets = AssetEmbedding._meta.db_table, Asset._meta.db_table
-    literal = "[" + ",".join(repr(float(x)) for x in np.asarray(u, dtype=np.float32)) + "]"
     # halfvec -> vector widens the stored values exactly; `<#>` is the negative inner product.
     sql = f"""
         SELECT e.asset_id, -(e.vector::vector <#> %(query)s::vector)
         FROM "{embeddings}" e JOIN "{assets}" a ON a.id = e.asset_id
         WHERE e.space_id = %(space)s AND a.library_id = ANY(%(libraries)s) AND a.status <> %(failed)s
     """
-    with connection.cursor() as cursor:
-        cursor.execute(sql, {"query": literal, "space": space.pk, "libraries": [int(pk) for pk in library_ids],
-                             "failed": Asset.Status.FAILED})
+    with binary_cursor() as cursor:
+        cursor.execute(sql, {"query": VectorParam(np.asarray(u, dtype=np.float32), half=False), "space": space.pk,
+                             "libraries": [int(pk) for pk in library_ids], "failed": Asset.Status.FAILED},
+                       binary=True)
         rows = cursor.fetchall()
     if not rows:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)

@@ -11,7 +11,7 @@ Three pgvector facts shape the query (ARCHITECTURE.md, "pgvector facts that bite
 * The library filter is applied after the graph scan, so without `hnsw.iterative_scan` a filter
   keeping 10% of the rows returns ~10% of N. With `relaxed_order` the scan keeps going until N
   rows passed the filter (or `hnsw.max_scan_tuples` were visited), but rows may come out
-  slightly out of order: the hits are materialised in a CTE and sorted again.
+  slightly out of order: `rank` sorts the returned rows again (by their float32 scores).
 * The iterative scan stops when its memory passes `work_mem × hnsw.scan_mem_multiplier`; for
   896-dim vectors the default (1 × 4 MB) ends a filtered scan after a few thousand tuples, so
   the multiplier is raised for the duration of the query.
@@ -22,9 +22,9 @@ bench/search.py) and where an exact scan is cheapest (it reads only the filtered
 the btree indexes on the library and the (asset, space) pair). So a ranking over at most
 `CLETIR_EXACT_RANK_MAX_ROWS` candidate photos is exact, and only larger scopes use the graph.
 
-The score parts shown to the user are recomputed here with numpy from the returned vectors
-(`fusion.score_parts`): text part (1-λ)<t, I(x)> and image part λ<q, V(x)>, and the fused score
-is their sum in float64, so `score == text_score + image_score` holds exactly. The final order
+The score parts shown to the user are computed by the same query against the float32 query
+halves: text part (1-λ)<t, I(x)> and image part λ<q, V(x)>; the fused score is their sum in
+float64, so `score == text_score + image_score` holds exactly. The final order
 is that score, descending, ties broken by asset id, so pages of results never shuffle.
 """
 from __future__ import annotations
@@ -33,13 +33,13 @@ from dataclasses import dataclass
 
 import numpy as np
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 
 from assets.models import Asset
 
-from .engine.fusion import score_parts
 from .models import AssetEmbedding, EmbeddingSpace
 from .vector_index import vector_expression
+from .vector_params import VectorParam, binary_cursor
 
 # pgvector refuses an ef_search above 1000.
 MAX_EF_SEARCH = 1000
@@ -76,33 +76,44 @@ def ef_search_for(top_n: int) -> int:
     return int(min(MAX_EF_SEARCH, max(settings.CLETIR_HNSW_EF_SEARCH, top_n)))
 
 
-def _halfvec_literal(vector: np.ndarray) -> str:
-    # repr of a Python float round-trips exactly; pgvector parses it and rounds to half.
-    return "[" + ",".join(repr(float(x)) for x in vector) + "]"
-
-
 def _ranking_sql(space: EmbeddingSpace, exact: bool) -> str:
-    dim = int(space.dim)
-    # Approximate: exactly the indexed expression, or the planner ignores the index. Exact: the
-    # bare column (every vector of a space has its dim), which no index covers, so it is always
-    # a full scan; done this way rather than with `SET enable_indexscan = off`, which would
-    # outlive this query when the caller is inside a transaction.
-    expr = "e.vector <#> %(query)s::halfvec" if exact else f"{vector_expression(space)} <#> %(query)s::halfvec({dim})"
+    dim, vlm, vision = int(space.dim), int(space.vlm_dim), int(space.vision_dim)
     embeddings, assets = AssetEmbedding._meta.db_table, Asset._meta.db_table
     # The space id is an inlined integer, not a parameter: the planner must see the partial
     # index predicate `space_id = N` as a constant to use the index.
+    scope = f"""
+        FROM "{embeddings}" e
+        JOIN "{assets}" a ON a.id = e.asset_id
+        WHERE e.space_id = {int(space.pk)}
+          AND a.library_id = ANY(%(libraries)s)
+          AND a.status <> %(failed)s
+    """
+    if exact:
+        # The bare column (every vector of a space has its dim), which no index covers, so it is
+        # always a full scan; done this way rather than with `SET enable_indexscan = off`, which
+        # would outlive this query when the caller is inside a transaction. The sort keeps only
+        # row ids (carrying 1.8 KB vectors through it costs ~15% at 100k photos); the hits'
+        # vectors are read again by primary key.
+        hits = f"SELECT e.id {scope} ORDER BY e.vector <#> %(query)s::halfvec({dim}) LIMIT %(limit)s"
+        rows = f'hits JOIN "{embeddings}" v ON v.id = hits.id'
+    else:
+        # Exactly the indexed expression, or the planner ignores the index. The index scan
+        # returns whole rows anyway, so the hits keep their vectors.
+        hits = (f"SELECT e.asset_id, e.vector {scope} "
+                f"ORDER BY {vector_expression(space)} <#> %(query)s::halfvec({dim}) LIMIT %(limit)s")
+        rows = "hits v"
+    # The score parts of the hits only (in the select list of the ordered query they would be
+    # computed for every row the exact scan sorts). Computed here rather than from the vectors
+    # in Python: sending 1000 vectors costs Postgres ~10 ms (halfvec_send writes them element by
+    # element), the parts ~1 ms. halfvec -> vector widens the stored values exactly, so each
+    # part is the float32 product of the float32 query half with the stored half. No ORDER BY:
+    # `rank` sorts the rows by their scores anyway.
     return f"""
-        WITH hits AS MATERIALIZED (
-            SELECT e.asset_id, e.vector, {expr} AS distance
-            FROM "{embeddings}" e
-            JOIN "{assets}" a ON a.id = e.asset_id
-            WHERE e.space_id = {int(space.pk)}
-              AND a.library_id = ANY(%(libraries)s)
-              AND a.status <> %(failed)s
-            ORDER BY distance  -- the select-list expression: still served by the index
-            LIMIT %(limit)s
-        )
-        SELECT asset_id, halfvec_send(vector) FROM hits ORDER BY distance, asset_id
+        WITH hits AS MATERIALIZED ({hits})
+        SELECT v.asset_id,
+               -(subvector(v.vector, 1, {vlm})::vector({vlm}) <#> %(text)s::vector({vlm})),
+               -(subvector(v.vector, {vlm + 1}, {vision})::vector({vision}) <#> %(image)s::vector({vision}))
+        FROM {rows}
     """
 
 
@@ -117,9 +128,11 @@ def _configure_scan(cursor, top_n: int) -> None:
     )
 
 
-def _params(u: np.ndarray, library_ids: list[int], top_n: int) -> dict:
+def _params(space: EmbeddingSpace, u: np.ndarray, library_ids: list[int], top_n: int) -> dict:
     return {
-        "query": _halfvec_literal(u),
+        "query": VectorParam(u, half=True),
+        "text": VectorParam(u[:space.vlm_dim], half=False),
+        "image": VectorParam(u[space.vlm_dim:], half=False),
         "libraries": [int(pk) for pk in library_ids],
         "failed": Asset.Status.FAILED,
         "limit": int(top_n),
@@ -140,17 +153,11 @@ def explain(space: EmbeddingSpace, query_vector: np.ndarray, library_ids: list[i
     u = _checked_query(space, query_vector)
     if exact is None:
         exact = choose_exact(library_ids)
-    with transaction.atomic(), connection.cursor() as cursor:
+    with transaction.atomic(), binary_cursor() as cursor:
         if not exact:
             _configure_scan(cursor, top_n)
-        cursor.execute("EXPLAIN (ANALYZE, COSTS OFF) " + _ranking_sql(space, exact), _params(u, library_ids, top_n))
+        cursor.execute("EXPLAIN (ANALYZE, COSTS OFF) " + _ranking_sql(space, exact), _params(space, u, library_ids, top_n))
         return "\n".join(row[0] for row in cursor.fetchall())
-
-
-def _decode_halfvecs(blobs: list[bytes], dim: int) -> np.ndarray:
-    """pgvector's binary halfvec (int16 dim, int16 unused, big-endian float16s) -> (n, dim)."""
-    raw = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), 4 + 2 * dim)
-    return raw[:, 4:].copy().view(">f2").astype(np.float32)
 
 
 def rank(
@@ -172,17 +179,16 @@ def rank(
         return []
     if exact is None:
         exact = choose_exact(library_ids)
-    with transaction.atomic(), connection.cursor() as cursor:
+    with transaction.atomic(), binary_cursor() as cursor:
         if not exact:
             _configure_scan(cursor, top_n)
-        cursor.execute(_ranking_sql(space, exact), _params(u, library_ids, top_n))
+        cursor.execute(_ranking_sql(space, exact), _params(space, u, library_ids, top_n), binary=True)
         rows = cursor.fetchall()
     if not rows:
         return []
     asset_ids = np.array([row[0] for row in rows], dtype=np.int64)
-    vectors = _decode_halfvecs([bytes(row[1]) for row in rows], space.dim)
-    _, text32, image32 = score_parts(u, vectors, space.vlm_dim)
-    text, image = text32.astype(np.float64), image32.astype(np.float64)
+    text = np.array([row[1] for row in rows], dtype=np.float64)
+    image = np.array([row[2] for row in rows], dtype=np.float64)
     fused = text + image
     # The database ordered by the half-precision query; the stored scores are the float32
     # query's, so order by them (ties: lower asset id first) to keep scores monotonic.
