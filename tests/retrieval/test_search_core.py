@@ -200,6 +200,17 @@ def test_small_scopes_are_ranked_exactly_and_large_ones_through_the_index(plante
     assert [r.asset_id for r in rank(space, u, [small.pk], top_n=100)] == brute_force(
         ids[in_small].tolist(), vectors[in_small], u, 100)
     assert index_name(space) in ranking.explain(space, u, [library.pk, small.pk], top_n=100)
+    # A scope the statistics put 10x above the limit is not counted (counting costs as much as
+    # the graph query at 100k photos); one near the limit is.
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as large:
+        assert ranking.candidate_count([library.pk, small.pk], int(in_small.sum())) > 4 * in_small.sum()
+    with CaptureQueriesContext(connection) as near:
+        assert ranking.candidate_count([small.pk], int(in_small.sum())) == in_small.sum()
+    assert not any("COUNT(" in q["sql"] for q in large.captured_queries)
+    assert any("COUNT(" in q["sql"] for q in near.captured_queries)
     settings.CLETIR_EXACT_RANK_MAX_ROWS = 0  # 0: always the index
     assert not ranking.choose_exact([small.pk])
 
