@@ -235,7 +235,13 @@ class SearchExample(models.Model):
 
 
 class SearchResult(models.Model):
-    search = models.ForeignKey(Search, on_delete=models.CASCADE, related_name="results")
+    # Results are written 1000 at a time by the run that holds its search's row locked (FOR
+    # UPDATE), so Postgres' per-row foreign-key check on the search could never fail and would
+    # cost ~5 ms per search (bench/search.py): no database constraint, while deleting a search
+    # still deletes its results (Django cascades it). No index of its own either: the
+    # (search, rank) one serves every lookup by search.
+    search = models.ForeignKey(Search, on_delete=models.CASCADE, related_name="results", db_constraint=False,
+                               db_index=False)
     asset = models.ForeignKey(Asset, on_delete=models.CASCADE, related_name="+")
     rank = models.PositiveIntegerField()
     score = models.FloatField()

@@ -540,3 +540,20 @@ def test_the_task_is_routed_to_the_search_queue():
 
     assert app.amqp.router.route({}, run_search.name)["queue"].name == "search"
     assert run_search.acks_late is True
+
+
+def test_progress_steps_closer_than_the_interval_wait_for_the_next_write(ann, monkeypatch):
+    search = new_search(ann)
+    # The clock as the run reads it: start and last write, then each step (and each write).
+    clock = iter([0.0, 0.0, 0.08, 0.3, 0.3, 0.35, 0.36]).__next__
+    monkeypatch.setattr(search_runner.time, "perf_counter", clock)
+    run = search_runner._Run(search)
+    stored = lambda: Search.objects.values_list("status", "progress").get(pk=search.pk)  # noqa: E731
+    run.progress(15)  # 0.08 s after the last write: held
+    assert stored() == ("queued", 0)
+    run.progress(55)  # 0.3 s: written
+    assert stored() == ("queued", 55)
+    run.progress(65)  # 0.05 s after that write: held, then written with the next state change
+    assert stored() == ("queued", 55)
+    run.save(status=Search.Status.RANKING)
+    assert stored() == ("ranking", 65)
