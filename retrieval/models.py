@@ -235,14 +235,22 @@ class SearchExample(models.Model):
 
 
 class SearchResult(models.Model):
-    # Results are written 1000 at a time by the run that holds its search's row locked (FOR
-    # UPDATE), so Postgres' per-row foreign-key check on the search could never fail and would
-    # cost ~5 ms per search (bench/search.py): no database constraint, while deleting a search
-    # still deletes its results (Django cascades it). No index of its own either: the
-    # (search, rank) one serves every lookup by search.
+    """One ranked photo of a search: a derived row, written 1000 at a time when the search ends.
+
+    Neither foreign key has a database constraint; deleting a search or a photo still deletes
+    its results (Django cascades them, through the (search, rank) and asset indexes). Postgres'
+    per-row checks would cost more than the rest of storing (~5 ms per 1000 rows for the
+    search, ~10 ms for the photos, bench/search.py), and the photo check locks every ranked
+    photo's row, rewriting 1000 photo pages on disk for each search. What they would guard:
+    the search row is locked (FOR UPDATE) by the run that writes its results, so it cannot go
+    away; a photo deleted in the instant between ranking and storing leaves a row that every
+    reader drops, since results are always read joined to their photo (`albums.matching_results`,
+    the admin).
+    """
+
     search = models.ForeignKey(Search, on_delete=models.CASCADE, related_name="results", db_constraint=False,
                                db_index=False)
-    asset = models.ForeignKey(Asset, on_delete=models.CASCADE, related_name="+")
+    asset = models.ForeignKey(Asset, on_delete=models.CASCADE, related_name="+", db_constraint=False)
     rank = models.PositiveIntegerField()
     score = models.FloatField()
     text_score = models.FloatField(help_text="(1-λ)·<t, I(x)>")

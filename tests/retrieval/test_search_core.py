@@ -557,3 +557,15 @@ def test_progress_steps_closer_than_the_interval_wait_for_the_next_write(ann, mo
     assert stored() == ("queued", 55)
     run.save(status=Search.Status.RANKING)
     assert stored() == ("ranking", 65)
+
+
+def test_deleting_a_photo_or_a_search_deletes_its_results(tiny, ann, library):
+    t, zero = text_vector(tiny, "sailboat"), np.zeros(32, dtype=np.float32)
+    ids = plant(tiny, library, np.stack([fused((1.0 - i / 10) * t, zero) for i in range(3)]))
+    search = new_search(ann, text_only=True, top_n=3)
+    run_search(search.pk)
+    assert [r.asset_id for r in results(search)] == ids
+    Asset.objects.get(pk=ids[0]).delete()
+    assert [r.asset_id for r in results(search)] == ids[1:]
+    search.delete()
+    assert not SearchResult.objects.filter(asset_id__in=ids).exists()
