@@ -12,7 +12,7 @@ a shared direction (the anisotropy of CLIP / DINOv2 features) + the category's d
 per-photo noise; a query is u = [(1-λ)t; λq] with a text vector t in its own region (the
 modality gap) and a proxy vector q near its category, λ = 0.5. The photos sit in 10 libraries
 of 10% each. Every query goes through `retrieval.ranking.rank` exactly as a search does (the
-join on assets, the library filter, score parts in numpy), timed around the call:
+join on assets, the library filter, the score parts), timed around the call:
 
 * "all libraries": top 100 over every library; recall@100 against `rank(exact=True)`;
 * "1 library (10%)": the same through the library filter (iterative index scan): rows returned
@@ -280,6 +280,9 @@ def main() -> None:
     old_name = connection.settings_dict["NAME"]
     connection.creation.create_test_db(verbosity=0)
     rows, builds, whole = [], [], None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('shared_buffers'), version()")
+        shared_buffers, version = cursor.fetchone()
     try:
         user = get_user_model().objects.create_user("bench")
         libraries = [Library.objects.create(name=f"library {i}", owner=user).pk for i in range(LIBRARIES)]
@@ -317,7 +320,8 @@ def main() -> None:
 
     print(f"\nHNSW m={m}, ef_construction={ef_construction}; ef_search = max({settings.CLETIR_HNSW_EF_SEARCH}, N) "
           f"(top 100: {ef_search_for(100)}, top 1000: {ef_search_for(1000)}), iterative scan relaxed_order, "
-          f"{args.queries} queries, {os.cpu_count()} CPU cores\n")
+          f"{args.queries} queries, {os.cpu_count()} CPU cores, shared_buffers {shared_buffers}, "
+          f"{version.split(' on ')[0]}\n")
     print("| photos | COPY load s | index build s | index MB |")
     print("|---|---|---|---|")
     for b in builds:

@@ -40,7 +40,7 @@ def browser_page(monkeypatch):
     # Playwright's sync API runs an event loop in this thread; the test's own ORM calls in
     # between browser steps are plain synchronous code all the same.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True)
@@ -49,6 +49,9 @@ def browser_page(monkeypatch):
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.set_default_timeout(TIMEOUT_MS)
+            # expect() has its own default (5 s), too short for a worker that is still loading
+            # its models when the uploads are done.
+            expect.set_options(timeout=TIMEOUT_MS)
             yield page
         finally:
             browser.close()
