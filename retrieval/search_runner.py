@@ -229,7 +229,7 @@ def execute(search: Search) -> None:
     """Run `search` to the end: results stored and status DONE, or an exception raised (the
     task marks the search FAILED). A search already DONE returns at once; a re-run of one that
     stopped half-way starts over (its partial state is discarded)."""
-    search.refresh_from_db()
+    search.refresh_from_db(from_queryset=Search.objects.select_related("user"))  # the user decides the scope
     if search.status == Search.Status.DONE:
         return
     run = _Run(search)
