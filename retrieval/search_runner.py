@@ -322,8 +322,8 @@ def _execute(run: _Run) -> None:
         _store_results(search, rows)
         run.save(status=Search.Status.DONE, progress=100, result_count=len(rows), lambda_used=lam,
                  aggregation=aggregation, timings=_rounded(run.timings), finished_at=timezone.now())
-    # Measured after the commit, which checks the results' photos (foreign keys): what the worker
-    # spent before the results could be read. Written with the match count below.
+    # Measured after the commit: what the worker spent before the results could be read.
+    # Written with the match count below.
     run.timings["store"] = time.perf_counter() - started
     run.timings["total"] = time.perf_counter() - run.started
 
