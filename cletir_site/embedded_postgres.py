@@ -135,7 +135,9 @@ def _configure(server, restart_allowed: bool) -> bool:
         if applied == wanted:
             return False
         statements = "".join(f"ALTER SYSTEM SET {name} = '{value}';\n" for name, value in wanted.items())
-        server.psql(statements + "SELECT pg_reload_conf();")
+        # ON_ERROR_STOP: a value Postgres refuses (a mistyped CLETIR_PG_SHARED_BUFFERS) fails
+        # the start with psql's message instead of being skipped.
+        server.psql("\\set ON_ERROR_STOP on\n" + statements + "SELECT pg_reload_conf();")
         marker.write_text(json.dumps(wanted))
         if applied.get("shared_buffers") == wanted["shared_buffers"] or not restart_allowed:
             return False
