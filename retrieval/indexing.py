@@ -120,9 +120,7 @@ def embed_batch(space: EmbeddingSpace, encoders, batch_size: int) -> tuple[int, 
     from retrieval.engine.fusion import photo_vectors
 
     with transaction.atomic():
-        claimed = list(
-            pending_assets(space).select_for_update(skip_locked=True, of=("self",)).order_by("pk")[:batch_size]
-        )
+        claimed = _claim(space, batch_size)
         if not claimed:
             return 0, 0
         images, ok, failures = [], [], []
@@ -144,6 +142,27 @@ def embed_batch(space: EmbeddingSpace, encoders, batch_size: int) -> tuple[int, 
     for failure in failures:
         logger.warning("photo %s could not be indexed in %s: %s", failure.asset_id, space, failure.error)
     return len(ok), len(failures)
+
+
+def _claim(space: EmbeddingSpace, batch_size: int) -> list[Asset]:
+    """Lock up to `batch_size` pending photos that no other worker holds (inside a transaction).
+
+    The claiming query judges "pending" by its snapshot, taken before it waits for nothing
+    (SKIP LOCKED) and locks: a photo that another worker embedded and committed in between still
+    looks pending there, and its row lock is free again. A second statement, with a snapshot
+    taken after the locks were granted, sees that worker's vector and drops the photo; nobody
+    else can embed a photo while this transaction holds its lock.
+    """
+    while True:
+        locked = list(
+            pending_assets(space).select_for_update(skip_locked=True, of=("self",)).order_by("pk")[:batch_size]
+        )
+        if not locked:
+            return []
+        still_pending = set(pending_assets(space).filter(pk__in=[a.pk for a in locked]).values_list("pk", flat=True))
+        claimed = [a for a in locked if a.pk in still_pending]
+        if claimed:
+            return claimed
 
 
 def schedule_indexing(space: EmbeddingSpace | None) -> bool:

@@ -164,6 +164,27 @@ def test_two_workers_at_once_never_embed_the_same_photo(tiny_model_dir, library,
     assert _embeddings_per_asset(space) == {a.pk: 1 for a in assets}
 
 
+def test_a_photo_embedded_by_another_worker_after_the_claims_snapshot_is_not_claimed(
+    tiny_space, library, media_root, monkeypatch
+):
+    # The race the test above hits now and then: the claiming query's snapshot predates another
+    # worker's commit, so a photo that has its vector by the time its lock is granted still looks
+    # pending to it. Replayed here by giving the first claiming query that stale view.
+    photos = [write_photo(media_root, library, i) for i in range(3)]
+    AssetEmbedding.objects.create(asset=photos[0], space=tiny_space, vector=np.zeros(tiny_space.dim))
+    real, calls = indexing.pending_assets, []
+
+    def stale_then_current(space):
+        calls.append(space)
+        return indexing.indexable_assets() if len(calls) == 1 else real(space)
+
+    monkeypatch.setattr(indexing, "pending_assets", stale_then_current)
+    from django.db import transaction
+
+    with transaction.atomic():
+        assert indexing._claim(tiny_space, 2) == [photos[1]]
+
+
 def test_new_space_is_filled_in_the_background_while_search_keeps_the_old_one(
     tiny_space, library, media_root, django_capture_on_commit_callbacks
 ):
