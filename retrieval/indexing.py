@@ -147,10 +147,10 @@ def embed_batch(space: EmbeddingSpace, encoders, batch_size: int) -> tuple[int, 
 def _claim(space: EmbeddingSpace, batch_size: int) -> list[Asset]:
     """Lock up to `batch_size` pending photos that no other worker holds (inside a transaction).
 
-    The claiming query judges "pending" by its snapshot, taken before it waits for nothing
-    (SKIP LOCKED) and locks: a photo that another worker embedded and committed in between still
-    looks pending there, and its row lock is free again. A second statement, with a snapshot
-    taken after the locks were granted, sees that worker's vector and drops the photo; nobody
+    The claiming query judges "pending" by the snapshot it starts with: a photo that another
+    worker embedded and committed while the query ran still looks pending to it, and that
+    worker's lock is gone, so the row is locked again here. A second statement, whose snapshot
+    is taken after the locks were granted, sees that worker's vector and drops the photo; nobody
     else can embed a photo while this transaction holds its lock.
     """
     while True:
