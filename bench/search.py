@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import struct
 import sys
 import tempfile
 import time
@@ -110,31 +109,23 @@ def copy_assets(cursor, first_id: int, library_ids: np.ndarray) -> None:
 def copy_embeddings(cursor, space_id: int, asset_ids: np.ndarray, vectors: np.ndarray) -> None:
     """AssetEmbedding rows by binary COPY: halfvec's wire format is (int16 dim, int16 0,
     big-endian float16 × dim), so the rows are one numpy structured array, no text formatting."""
+    from retrieval import binary_copy
     from retrieval.models import AssetEmbedding
 
     dim = vectors.shape[1]
-    row = np.dtype([
-        ("fields", ">i2"),
-        ("len_asset", ">i4"), ("asset", ">i8"),
-        ("len_space", ">i4"), ("space", ">i8"),
-        ("len_vector", ">i4"), ("dim", ">i2"), ("unused", ">i2"), ("vector", ">f2", (dim,)),
-        ("len_created", ">i4"), ("created", ">i8"),
-    ])
+    halfvec = np.dtype([("dim", ">i2"), ("unused", ">i2"), ("values", ">f2", (dim,))])
+    row = binary_copy.row_type([("asset", ">i8"), ("space", ">i8"), ("vector", halfvec), ("created", ">i8")])
     created = int(time.time() * 1_000_000) - PG_EPOCH_US
-    header = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
     sql = f'COPY "{AssetEmbedding._meta.db_table}" (asset_id, space_id, vector, created_at) FROM STDIN WITH (FORMAT binary)'
     with cursor.copy(sql) as copy:
-        copy.write(header)
+        copy.write(binary_copy.HEADER)
         for start in range(0, len(asset_ids), 10_000):
             part = slice(start, start + 10_000)
-            rows = np.zeros(len(asset_ids[part]), dtype=row)
-            rows["fields"] = 4
-            rows["len_asset"], rows["asset"] = 8, asset_ids[part]
-            rows["len_space"], rows["space"] = 8, space_id
-            rows["len_vector"], rows["dim"], rows["vector"] = 4 + 2 * dim, dim, vectors[part]
-            rows["len_created"], rows["created"] = 8, created
+            rows = binary_copy.new_rows(row, len(asset_ids[part]))
+            rows["asset"], rows["space"], rows["created"] = asset_ids[part], space_id, created
+            rows["vector"]["dim"], rows["vector"]["values"] = dim, vectors[part]
             copy.write(rows.tobytes())
-        copy.write(struct.pack(">h", -1))
+        copy.write(binary_copy.TRAILER)
 
 
 # ---------------------------------------------------------------------------- measuring

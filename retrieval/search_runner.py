@@ -28,7 +28,6 @@ Only libraries the search's user may see are ranked, whatever the search row say
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 import time
 from collections import OrderedDict
@@ -44,6 +43,7 @@ from django.utils import timezone
 from assets.models import Asset
 from assets.permissions import libraries_visible_to
 
+from . import binary_copy
 from .models import AssetEmbedding, EmbeddingSpace, ProxySet, Search, SearchExample, SearchResult
 from .proxies import get_or_generate_proxy_set, normalise_query, proxy_features, proxy_seeds
 from .ranking import rank
@@ -340,30 +340,17 @@ def _execute(run: _Run) -> None:
     Search.objects.filter(pk=search.pk).update(timings=_rounded(run.timings))
 
 
-# One SearchResult row in COPY's binary format: field count, then (length, big-endian value) per
-# column of RESULT_COLUMNS.
 RESULT_COLUMNS = "search_id, asset_id, rank, score, text_score, image_score"
-_RESULT_ROW = np.dtype([
-    ("fields", ">i2"),
-    ("search_len", ">i4"), ("search", ">i8"),
-    ("asset_len", ">i4"), ("asset", ">i8"),
-    ("rank_len", ">i4"), ("rank", ">i4"),
-    ("score_len", ">i4"), ("score", ">f8"),
-    ("text_len", ">i4"), ("text", ">f8"),
-    ("image_len", ">i4"), ("image", ">f8"),
+_RESULT_ROW = binary_copy.row_type([
+    ("search", ">i8"), ("asset", ">i8"), ("rank", ">i4"), ("score", ">f8"), ("text", ">f8"), ("image", ">f8"),
 ])
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
-_COPY_TRAILER = struct.pack(">h", -1)
 
 
 def _store_results(search: Search, rows: list) -> None:
     """Write the ranked rows with one binary COPY built by numpy: for 1000 rows ~2 ms, where
     bulk_create's INSERT takes ~20 ms and a row-by-row text COPY ~6 ms on a small CPU."""
     table = SearchResult._meta.db_table
-    data = np.zeros(len(rows), dtype=_RESULT_ROW)
-    data["fields"] = 6
-    data["search_len"], data["asset_len"], data["rank_len"] = 8, 8, 4
-    data["score_len"], data["text_len"], data["image_len"] = 8, 8, 8
+    data = binary_copy.new_rows(_RESULT_ROW, len(rows))
     data["search"] = search.pk
     data["asset"] = [row.asset_id for row in rows]
     data["rank"] = np.arange(1, len(rows) + 1)
@@ -372,7 +359,7 @@ def _store_results(search: Search, rows: list) -> None:
     data["image"] = [row.image_score for row in rows]
     sql = f'COPY "{table}" ({RESULT_COLUMNS}) FROM STDIN WITH (FORMAT binary)'
     with connection.cursor() as cursor, cursor.cursor.copy(sql) as copy:
-        copy.write(_COPY_HEADER + data.tobytes() + _COPY_TRAILER)
+        copy.write(binary_copy.HEADER + data.tobytes() + binary_copy.TRAILER)
 
 
 def _visible(assets, search: Search):
