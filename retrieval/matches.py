@@ -12,10 +12,9 @@ from __future__ import annotations
 import numpy as np
 from django.conf import settings
 
-from assets.models import Asset
-
 from .cutoff import MatchEstimate, estimate_matches
-from .models import AssetEmbedding, EmbeddingSpace, Search
+from .models import EmbeddingSpace, Search
+from .ranking import scope_params, scope_sql
 from .vector_params import VectorParam, binary_cursor
 
 # Text parts of this many top-ranked photos stand in for the text part of an on-category photo
@@ -36,17 +35,11 @@ def scope_scores(space: EmbeddingSpace, u: np.ndarray, library_ids: list[int]) -
     (failed photos excluded), in no particular order."""
     if not library_ids:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
-    embeddings, assets = AssetEmbedding._meta.db_table, Asset._meta.db_table
     # halfvec -> vector widens the stored values exactly; `<#>` is the negative inner product.
-    sql = f"""
-        SELECT e.asset_id, -(e.vector::vector <#> %(query)s::vector)
-        FROM "{embeddings}" e JOIN "{assets}" a ON a.id = e.asset_id
-        WHERE e.space_id = %(space)s AND a.library_id = ANY(%(libraries)s) AND a.status <> %(failed)s
-    """
+    sql = f"SELECT e.asset_id, -(e.vector::vector <#> %(query)s::vector) {scope_sql(space)}"
     with binary_cursor() as cursor:
-        cursor.execute(sql, {"query": VectorParam(np.asarray(u, dtype=np.float32), half=False), "space": space.pk,
-                             "libraries": [int(pk) for pk in library_ids], "failed": Asset.Status.FAILED},
-                       binary=True)
+        cursor.execute(sql, {"query": VectorParam(np.asarray(u, dtype=np.float32), half=False),
+                             **scope_params(library_ids)}, binary=True)
         rows = cursor.fetchall()
     if not rows:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)

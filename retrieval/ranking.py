@@ -29,6 +29,8 @@ is that score, descending, ties broken by asset id, so pages of results never sh
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,18 +110,30 @@ def ef_search_for(top_n: int) -> int:
     return int(min(MAX_EF_SEARCH, max(settings.CLETIR_HNSW_EF_SEARCH, top_n)))
 
 
-def _ranking_sql(space: EmbeddingSpace, exact: bool) -> str:
-    dim, vlm, vision = int(space.dim), int(space.vlm_dim), int(space.vision_dim)
+def scope_sql(space: EmbeddingSpace) -> str:
+    """`FROM ... WHERE` of the vectors `e` in `space` of the photos `a` in the libraries
+    %(libraries)s, failed photos excluded (parameters: `scope_params`). Every query that scores
+    a search's scope reads it through this, so the scope is decided in one place."""
     embeddings, assets = AssetEmbedding._meta.db_table, Asset._meta.db_table
     # The space id is an inlined integer, not a parameter: the planner must see the partial
     # index predicate `space_id = N` as a constant to use the index.
-    scope = f"""
+    return f"""
         FROM "{embeddings}" e
         JOIN "{assets}" a ON a.id = e.asset_id
         WHERE e.space_id = {int(space.pk)}
           AND a.library_id = ANY(%(libraries)s)
           AND a.status <> %(failed)s
     """
+
+
+def scope_params(library_ids: list[int]) -> dict:
+    return {"libraries": [int(pk) for pk in library_ids], "failed": Asset.Status.FAILED}
+
+
+def _ranking_sql(space: EmbeddingSpace, exact: bool) -> str:
+    dim, vlm, vision = int(space.dim), int(space.vlm_dim), int(space.vision_dim)
+    embeddings = AssetEmbedding._meta.db_table
+    scope = scope_sql(space)
     if exact:
         # The bare column (every vector of a space has its dim), which no index covers, so it is
         # always a full scan; done this way rather than with `SET enable_indexscan = off`, which
@@ -149,6 +163,16 @@ def _ranking_sql(space: EmbeddingSpace, exact: bool) -> str:
     """
 
 
+@contextmanager
+def _ranking_cursor(exact: bool, top_n: int) -> Iterator:
+    """A binary cursor in a transaction, with the HNSW scan settings for `top_n` rows unless the
+    ranking is exact."""
+    with transaction.atomic(), binary_cursor() as cursor:
+        if not exact:
+            _configure_scan(cursor, top_n)
+        yield cursor
+
+
 def _configure_scan(cursor, top_n: int) -> None:
     # SET LOCAL: the settings end with the transaction and never leak into the pooled
     # connection's next query (they only concern HNSW scans anyway). One round trip for all.
@@ -165,9 +189,8 @@ def _params(space: EmbeddingSpace, u: np.ndarray, library_ids: list[int], top_n:
         "query": VectorParam(u, half=True),
         "text": VectorParam(u[:space.vlm_dim], half=False),
         "image": VectorParam(u[space.vlm_dim:], half=False),
-        "libraries": [int(pk) for pk in library_ids],
-        "failed": Asset.Status.FAILED,
         "limit": int(top_n),
+        **scope_params(library_ids),
     }
 
 
@@ -185,9 +208,7 @@ def explain(space: EmbeddingSpace, query_vector: np.ndarray, library_ids: list[i
     u = _checked_query(space, query_vector)
     if exact is None:
         exact = choose_exact(library_ids)
-    with transaction.atomic(), binary_cursor() as cursor:
-        if not exact:
-            _configure_scan(cursor, top_n)
+    with _ranking_cursor(exact, top_n) as cursor:
         cursor.execute("EXPLAIN (ANALYZE, COSTS OFF) " + _ranking_sql(space, exact), _params(space, u, library_ids, top_n))
         return "\n".join(row[0] for row in cursor.fetchall())
 
@@ -211,9 +232,7 @@ def rank(
         return []
     if exact is None:
         exact = choose_exact(library_ids)
-    with transaction.atomic(), binary_cursor() as cursor:
-        if not exact:
-            _configure_scan(cursor, top_n)
+    with _ranking_cursor(exact, top_n) as cursor:
         cursor.execute(_ranking_sql(space, exact), _params(space, u, library_ids, top_n), binary=True)
         rows = cursor.fetchall()
     if not rows:
