@@ -16,7 +16,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-REDIS_URL = "redis://127.0.0.1:6379/14"  # a database of its own, flushed by the fixture
+# A database of its own, flushed by the fixture; CLETIR_TEST_REDIS_URL gives two checkouts that
+# test at once on one machine a database each.
+REDIS_URL = os.environ.get("CLETIR_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 
 def database_url_for(db_settings: dict) -> str:
