@@ -11,7 +11,7 @@ the lower the separation, the more the two overlap. The category hint (what the 
 score) overshoots the true category mean by 0-2 spreads, as generated proxies do.
 
 Prints, per overlap level and category-size range, the relative error |estimate - true| / true
-of `retrieval.cutoff.estimate_matches` with the site default (CLETIR_MATCH_POSTERIOR = 0.5):
+of `retrieval.search.cutoff.estimate_matches` with the site default (CLETIR_MATCH_POSTERIOR = 0.5):
 median, 80th and 95th percentiles and the share of categories within 20%; and, for comparison,
 the share within 20% of the expected count of the same fit (the sum of the posteriors), the
 rule the method does not use.
@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from retrieval.cutoff import _posteriors, estimate_matches  # noqa: E402
+from retrieval.search.cutoff import _posteriors, estimate_matches  # noqa: E402
 
 SEPARATIONS = [(5.0, "low"), (4.0, "medium"), (3.0, "high")]
 SIZE_RANGES = [(0.02, 0.20), (0.005, 0.02)]

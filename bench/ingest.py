@@ -76,8 +76,8 @@ def bench_profile(profile: str, photo_paths: list[Path], batch_size: int) -> dic
     from assets.models import Library
     from assets.renditions import make_renditions
     from retrieval.engine.encoders import load_encoders
-    from retrieval.indexing import embed_batch
-    from retrieval.spaces import space_for_profile
+    from retrieval.indexing.photos import embed_batch
+    from retrieval.indexing.spaces import space_for_profile
 
     user, _ = get_user_model().objects.get_or_create(username=f"bench-{profile}")
     library = Library.objects.create(name=f"bench {profile}", owner=user)
@@ -151,7 +151,7 @@ def main() -> None:
 
     # Nothing is queued from the benchmark: stages are called directly, one after the other.
     app.conf.task_always_eager = True
-    from retrieval.tasks.embed import index_space
+    from retrieval.indexing.tasks import index_space
     from assets.tasks import make_renditions as renditions_task
 
     index_space.delay = renditions_task.delay = lambda *a, **k: None

@@ -11,7 +11,7 @@ index is built (timed). The vectors are clustered like real ones: 200 categories
 a shared direction (the anisotropy of CLIP / DINOv2 features) + the category's direction +
 per-photo noise; a query is u = [(1-λ)t; λq] with a text vector t in its own region (the
 modality gap) and a proxy vector q near its category, λ = 0.5. The photos sit in 10 libraries
-of 10% each. Every query goes through `retrieval.ranking.rank` exactly as a search does (the
+of 10% each. Every query goes through `retrieval.search.ranking.rank` exactly as a search does (the
 join on assets, the library filter, the score parts), timed around the call:
 
 * "all libraries": top 100 over every library; recall@100 against `rank(exact=True)`;
@@ -145,8 +145,8 @@ def bench_size(size: int, space, libraries: list[int], data: PlantedData, querie
                ef_construction: int, first_id: int) -> tuple[list[dict], dict]:
     from django.db import connection
 
-    from retrieval.ranking import explain, rank
-    from retrieval.vector_index import ensure_space_index, index_name
+    from retrieval.search.ranking import explain, rank
+    from retrieval.indexing.vector_index import ensure_space_index, index_name
 
     vectors, _ = data.photos(size)
     asset_ids = np.arange(first_id, first_id + size, dtype=np.int64)
@@ -221,11 +221,11 @@ REPEATS = 7
 def bench_whole_search(user, libraries: list[int]) -> tuple[float, list[tuple[str, dict, float]]]:
     """(model load seconds, [(label, stage seconds, task wall ms)]); the repeated searches'
     figures are medians over REPEATS runs."""
-    from retrieval import search_runner
+    from retrieval.search import inputs as search_inputs
     from retrieval.engine.encoders import load_encoders
     from retrieval.engine.generator import load_generator
     from retrieval.models import Search
-    from retrieval.tasks.search import run_search
+    from retrieval.search.tasks import run_search
 
     start = time.perf_counter()
     load_encoders("default-random")
@@ -247,7 +247,7 @@ def bench_whole_search(user, libraries: list[int]) -> tuple[float, list[tuple[st
     # Both spellings normalise to the same query: the second reuses the first one's proxies.
     repeats = [search("golden retriever" if i % 2 else "Golden  Retriever") for i in range(REPEATS)]
     rows.append((f"cached proxies + text (median of {REPEATS})", *median(repeats)))
-    search_runner.text_vectors.clear()
+    search_inputs.text_vectors.clear()
     rows.append(("cached proxies, text encoded (a new worker)", *search("golden retriever")))
     return load_s, rows
 
@@ -275,8 +275,8 @@ def main() -> None:
     from assets.models import Library
     from retrieval.engine.build_models import build_profile
     from retrieval.models import EmbeddingSpace
-    from retrieval.ranking import ef_search_for
-    from retrieval.vector_index import DEFAULT_EF_CONSTRUCTION, DEFAULT_M
+    from retrieval.search.ranking import ef_search_for
+    from retrieval.indexing.vector_index import DEFAULT_EF_CONSTRUCTION, DEFAULT_M
 
     m = args.m or DEFAULT_M
     ef_construction = args.ef_construction or DEFAULT_EF_CONSTRUCTION
@@ -299,11 +299,11 @@ def main() -> None:
             if size == max(sizes) and not args.no_search:
                 # The largest set lives in the real space of default-random, so the whole
                 # search below ranks over it.
-                from retrieval.spaces import space_for_profile
+                from retrieval.indexing.spaces import space_for_profile
 
                 build_profile("default-random")  # built once, kept in CLETIR_MODEL_DIR
                 space = space_for_profile("default-random")
-                from retrieval.vector_index import drop_space_index
+                from retrieval.indexing.vector_index import drop_space_index
 
                 drop_space_index(space)  # built below, on the loaded rows, and timed
                 EmbeddingSpace.objects.filter(pk=space.pk).update(is_active=True, is_serving=True)

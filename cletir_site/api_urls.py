@@ -4,14 +4,13 @@ from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
 from assets.api import AssetViewSet, LibraryViewSet
+from retrieval.albums.api import AlbumViewSet
 from retrieval.api import AssetIndexStatusView, LibraryIndexProgressView, SearchViewSet
 
 router = DefaultRouter()
 router.register("libraries", LibraryViewSet, basename="library")
 router.register("assets", AssetViewSet, basename="asset")
 router.register("searches", SearchViewSet, basename="search")
-from retrieval.album_api import AlbumViewSet  # noqa: E402
-
 router.register("albums", AlbumViewSet, basename="album")
 
 urlpatterns = [

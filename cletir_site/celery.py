@@ -33,7 +33,10 @@ app.conf.task_reject_on_worker_lost = True
 app.conf.broker_connection_retry_on_startup = True
 app.conf.task_serializer = "json"
 app.conf.accept_content = ["json"]
+# Each app's `tasks` module, and those of retrieval's wings (explicit: autodiscovery looks one
+# level deep only).
 app.autodiscover_tasks()
+app.autodiscover_tasks(["retrieval.indexing", "retrieval.search", "retrieval.albums"])
 # `celery -A cletir_site beat` sends the stale-work sweep (retrieval.sweeper) on a timer. The
 # interval is read from the environment here, not from Django settings, which are not loaded yet
 # when this module is imported. A sweep that no worker took before the next one was due is

@@ -173,7 +173,7 @@ CLETIR_SEARCH_TOP_N = env.int("CLETIR_SEARCH_TOP_N", default=1000)
 CLETIR_FUSION_LAMBDA = env.float("CLETIR_FUSION_LAMBDA", default=0.5)
 # How hard negative examples push similar photos down: q' = normalize(q - β n).
 CLETIR_NEGATIVE_WEIGHT = env.float("CLETIR_NEGATIVE_WEIGHT", default=0.5)
-# Which photos a search calls matches (retrieval.cutoff; README "How many photos match"): those
+# Which photos a search calls matches (retrieval.search.cutoff; README "How many photos match"): those
 # whose estimated probability of being of the category exceeds this, in (0, 1). Higher: fewer,
 # surer matches (albums take fewer photos); lower: more.
 CLETIR_MATCH_POSTERIOR = env.float("CLETIR_MATCH_POSTERIOR", default=0.5)

@@ -1,7 +1,6 @@
 """Admin of indexes: embedding spaces (activate, progress) and index actions on libraries and
 photos. `assets` knows nothing of indexing, so its admin classes are extended here."""
 from django.contrib import admin, messages
-from django.db.models import Exists, OuterRef
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
@@ -9,9 +8,20 @@ from django.utils.safestring import mark_safe
 from assets.admin import AssetAdmin, LibraryAdmin
 from assets.models import Asset, Library
 
-from .indexing import index_progress, reindex
-from .models import AssetEmbedding, EmbeddingSpace, IndexingFailure, ProxySet, Search, SearchResult, WorkerHeartbeat
-from .spaces import active_space, activate_space
+from .indexing.progress import STATES, in_state, index_progress, with_library_progress
+from .indexing.services import activate_space, reindex
+from .indexing.spaces import active_space
+from .models import (
+    Album,
+    AlbumPhoto,
+    AssetEmbedding,
+    EmbeddingSpace,
+    IndexingFailure,
+    ProxySet,
+    Search,
+    SearchResult,
+    WorkerHeartbeat,
+)
 
 
 def _reindex(modeladmin, request, assets):
@@ -38,29 +48,27 @@ class IndexStatusFilter(admin.SimpleListFilter):
     parameter_name = "indexed"
 
     def lookups(self, request, model_admin):
-        return [("indexed", "indexed"), ("pending", "pending"), ("failed", "failed")]
+        return [(state, state) for state in STATES]
 
     def queryset(self, request, queryset):
         space = active_space()
-        if not self.value() or space is None:
+        if self.value() not in STATES or space is None:
             return queryset
-        embedded = Exists(AssetEmbedding.objects.filter(asset=OuterRef("pk"), space=space))
-        failed = Exists(IndexingFailure.objects.filter(asset=OuterRef("pk"), space=space))
-        if self.value() == "indexed":
-            return queryset.filter(embedded)
-        if self.value() == "failed":
-            return queryset.filter(failed, ~embedded)
-        return queryset.filter(~embedded, ~failed)
+        return in_state(queryset, space, self.value())
 
 
 class IndexedLibraryAdmin(LibraryAdmin):
     list_display = [*LibraryAdmin.list_display, "index"]
     actions = [reindex_libraries]
 
+    def get_queryset(self, request):
+        # The index column's counts for the whole page in the list's own query.
+        return with_library_progress(super().get_queryset(request), active_space())
+
     @admin.display(description="index (active space)")
     def index(self, library):
-        p = index_progress(active_space(), Library.objects.filter(pk=library.pk))
-        return f"{p.indexed} indexed · {p.pending} pending · {p.failed} failed"
+        pending = library.index_total - library.index_indexed - library.index_failed
+        return f"{library.index_indexed} indexed · {pending} pending · {library.index_failed} failed"
 
 
 class IndexedAssetAdmin(AssetAdmin):
@@ -189,8 +197,6 @@ class ProxySetAdmin(admin.ModelAdmin):
 
 
 # --- Smart albums ----------------------------------------------------------------------------
-from .models import Album, AlbumPhoto  # noqa: E402
-
 
 class AlbumPhotoInline(admin.TabularInline):
     model = AlbumPhoto

@@ -1,6 +1,9 @@
 """REST API of retrieval: searches and their results, and indexing state."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
+from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -12,12 +15,13 @@ from assets.api import PhotoPagination
 from assets.models import Asset, Library
 from assets.permissions import library_for
 
-from .indexing import index_progress
-from .limits import RateLimited
-from .models import AssetEmbedding, IndexingFailure, Search
-from .search_service import Refinement, SearchInputError, SearchRequest, create_search, refine_search
+from .indexing.progress import asset_state, index_progress
+from .indexing.spaces import active_space, serving_space
+from .models import Search
+from .search.limits import RateLimited
+from .search.results import matching_results
+from .search.service import Refinement, SearchInputError, SearchRequest, create_search, refine_search
 from .serializers import SearchCreateSerializer, SearchRefineSerializer, SearchResultSerializer, SearchSerializer
-from .spaces import active_space, serving_space
 
 _COUNTS = {name: serializers.IntegerField() for name in ("total", "indexed", "pending", "failed", "percent")}
 
@@ -52,24 +56,28 @@ class AssetIndexStatusView(APIView):
         "error": serializers.CharField(allow_null=True),
     }))
     def get(self, request, pk):
-        asset = Asset.objects.filter(pk=pk).first()
-        if asset is None:
-            from django.http import Http404
-
-            raise Http404
+        asset = get_object_or_404(Asset, pk=pk)
         library_for(request.user, asset.library_id)
         space = active_space()
         if space is None:
             return Response({"space": None, "status": "no_space", "error": None})
-        if AssetEmbedding.objects.filter(asset=asset, space=space).exists():
-            return Response({"space": space.name, "status": "indexed", "error": None})
-        failure = IndexingFailure.objects.filter(asset=asset, space=space).first()
-        if failure:
-            return Response({"space": space.name, "status": "failed", "error": failure.error})
-        return Response({"space": space.name, "status": "pending", "error": None})
+        state, error = asset_state(asset, space)
+        return Response({"space": space.name, "status": state, "error": error})
 
 
-class SearchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+@contextmanager
+def _service_errors():
+    """The search service's refusals as the API's answers (400 naming the field, 429)."""
+    try:
+        yield
+    except SearchInputError as exc:
+        raise ValidationError(exc.errors) from None
+    except RateLimited as exc:
+        raise Throttled(wait=exc.retry_after_seconds, detail=exc.message) from None
+
+
+class SearchViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin,
+                    viewsets.GenericViewSet):
     """Searches of the current user. POST creates one and answers 202: the search runs on a
     worker; poll its URL until `status` is `done`, then page through `results_url`."""
 
@@ -82,44 +90,30 @@ class SearchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         return (Search.objects.filter(user=self.request.user).select_related("space", "proxy_set")
                 .prefetch_related("libraries", "positive_assets", "negative_assets", "proxy_set__images").order_by("-created_at", "-id"))
 
-    def _accepted(self, search: Search) -> Response:
-        search = self.get_queryset().get(pk=search.pk)
-        body = SearchSerializer(search, context=self.get_serializer_context()).data
-        return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})
+    def get_serializer_class(self):
+        return {"create": SearchCreateSerializer, "refine": SearchRefineSerializer}.get(self.action, SearchSerializer)
+
+    def perform_create(self, serializer):
+        with _service_errors():
+            serializer.instance = create_search(self.request.user, SearchRequest(**serializer.validated_data))
 
     @extend_schema(request=SearchCreateSerializer, responses={202: SearchSerializer},
                    description="429 when the user has used up the hour's searches that generate new proxy images.")
-    def create(self, request):
-        data = SearchCreateSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        values = data.validated_data
-        try:
-            search = create_search(request.user, SearchRequest(
-                text=values["text"], library_ids=values["libraries"], k=values["k"], seed=values["seed"],
-                lambda_override=values["lambda_override"], text_only=values["text_only"],
-                positive_asset_ids=values["examples"],
-            ))
-        except SearchInputError as exc:
-            raise ValidationError(exc.errors) from None
-        except RateLimited as exc:
-            raise Throttled(wait=exc.retry_after_seconds, detail=exc.message) from None
-        return self._accepted(search)
+    def create(self, request, *args, **kwargs):
+        response = super().create(request, *args, **kwargs)
+        response.status_code = status.HTTP_202_ACCEPTED  # accepted: a worker runs it (poll `url`)
+        return response
 
     @extend_schema(request=SearchRefineSerializer, responses={202: SearchSerializer})
     @action(detail=True, methods=["post"])
     def refine(self, request, pk=None):
         parent = self.get_object()
-        data = SearchRefineSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        values = data.validated_data
-        try:
-            search = refine_search(parent, request.user, Refinement(
-                disabled_proxies=values["disabled_proxies"], positive_asset_ids=values["positive_assets"],
-                negative_asset_ids=values["negative_assets"], negative_text=values["negative_text"],
-            ))
-        except SearchInputError as exc:
-            raise ValidationError(exc.errors) from None
-        return self._accepted(search)
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        with _service_errors():
+            search = refine_search(parent, request.user, Refinement(**serializer.validated_data))
+        body = SearchSerializer(self.get_queryset().get(pk=search.pk), context=self.get_serializer_context()).data
+        return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})
 
     @extend_schema(responses=SearchResultSerializer(many=True),
                    parameters=[OpenApiParameter("size", int, description="results per page (at most 200)"),
@@ -129,8 +123,6 @@ class SearchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
                                                 description="with matches_only: by capture or upload time")])
     @action(detail=True, methods=["get"])
     def results(self, request, pk=None):
-        from .albums import matching_results
-
         search = self.get_object()
         paginator = PhotoPagination()
         # Ordered by rank (or a date, then rank), a unique key per search: pages never overlap

@@ -6,8 +6,12 @@ class RetrievalConfig(AppConfig):
     verbose_name = "Search and indexes"
 
     def ready(self) -> None:
+        # Signal wiring needs the app registry ready (the receivers import models), hence here.
         from assets.signals import asset_stored
 
-        from .receivers import queue_indexing_of_stored_photo
+        from .albums.receivers import score_newly_indexed_photos
+        from .indexing.receivers import queue_indexing_of_stored_photo
+        from .indexing.signals import photos_indexed
 
         asset_stored.connect(queue_indexing_of_stored_photo, dispatch_uid="retrieval.index_on_store")
+        photos_indexed.connect(score_newly_indexed_photos, dispatch_uid="retrieval.albums_on_indexed")

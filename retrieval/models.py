@@ -1,9 +1,12 @@
 """Embedding spaces, photo vectors, and worker heartbeats."""
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 from pgvector.django import HalfVectorField
 
 from assets.models import Asset, Library
@@ -33,7 +36,7 @@ class EmbeddingSpace(models.Model):
     activated_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True, help_text="When the re-index after activation finished")
     # Set while an indexing task for this space is queued, so uploads of 10,000 photos queue
-    # one task, not 10,000 (see retrieval.indexing.schedule_indexing).
+    # one task, not 10,000 (see retrieval.indexing.tasks.schedule_indexing).
     indexing_queued_at = models.DateTimeField(null=True, blank=True)
     # Trained aggregation network for this space's vision encoder (safetensors, under
     # MEDIA_ROOT); without one, search uses the mean of the proxies and CLETIR_FUSION_LAMBDA.
@@ -154,15 +157,38 @@ class ProxyImage(models.Model):
         constraints = [models.UniqueConstraint(fields=["proxy_set", "index"], name="one_proxy_image_per_index")]
 
 
-class Search(models.Model):
-    """One category query over some libraries, run by a worker on the `search` queue."""
+class SearchStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    GENERATING = "generating", "Generating proxies"
+    RANKING = "ranking", "Ranking"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
 
-    class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        GENERATING = "generating", "Generating proxies"
-        RANKING = "ranking", "Ranking"
-        DONE = "done", "Done"
-        FAILED = "failed", "Failed"
+
+UNFINISHED = (SearchStatus.QUEUED, SearchStatus.GENERATING, SearchStatus.RANKING)
+
+
+class SearchQuerySet(models.QuerySet):
+    def unfinished(self) -> "SearchQuerySet":
+        return self.filter(status__in=UNFINISHED)
+
+    def fail(self, reason: str, now: datetime | None = None) -> int:
+        """Mark the unfinished searches among these FAILED with `reason` (the user reads it);
+        one that finished meanwhile keeps its outcome. Returns how many were marked."""
+        return self.unfinished().update(status=SearchStatus.FAILED, error=reason[:2000],
+                                        finished_at=now or timezone.now())
+
+
+class Search(models.Model):
+    """One category query over some libraries, run by a worker on the `search` queue.
+
+    Its state (`status` and what goes with each transition) is written by the methods below
+    and by `SearchQuerySet.fail` alone: the runner, the task, the service and the sweeper call
+    them, so the life of a search (queued -> generating -> ranking -> done, or failed from any
+    unfinished state) can be read in one place.
+    """
+
+    Status = SearchStatus
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="searches")
     text = models.CharField(max_length=300, blank=True, help_text="Empty for a search by example photos alone")
@@ -197,7 +223,7 @@ class Search(models.Model):
     # Set when the stale-work sweeper queued the search a second time (its first message was
     # lost before any worker started it); a search is re-queued at most once.
     requeued_at = models.DateTimeField(null=True, blank=True)
-    # Where the category's photos end (retrieval.cutoff, estimated over every photo in scope):
+    # Where the category's photos end (retrieval.search.cutoff, estimated over every photo in scope):
     # how many match, the score of the last match, and the fitted mixture. Null: not estimated.
     match_count = models.PositiveIntegerField(null=True, blank=True)
     match_cutoff = models.FloatField(null=True, blank=True)
@@ -205,6 +231,8 @@ class Search(models.Model):
     # The fused query vector u the photos were ranked by (float32 bytes), so the search can be
     # saved as an album that scores photos indexed later.
     query_vector = models.BinaryField(null=True, blank=True)
+
+    objects = SearchQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -215,6 +243,63 @@ class Search(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in (self.Status.DONE, self.Status.FAILED)
+
+    # ------------------------------------------------------------------ state transitions
+    # Fields a run may write between transitions (throttled progress, what the page shows).
+    PROGRESS_FIELDS = frozenset({"progress", "proxy_set", "negative_proxy_set", "timings"})
+
+    def _write(self, **fields) -> None:
+        for name, value in fields.items():
+            setattr(self, name, value)
+        Search.objects.filter(pk=self.pk).update(**fields)
+
+    def _progress_fields(self, fields: dict) -> dict:
+        unknown = set(fields) - self.PROGRESS_FIELDS
+        if unknown:
+            raise ValueError(f"not progress fields of a search: {sorted(unknown)}")
+        return fields
+
+    def save_progress(self, **fields) -> None:
+        """Write progress-only fields (never the status)."""
+        if fields:
+            self._write(**self._progress_fields(fields))
+
+    def mark_running(self, space: EmbeddingSpace, **progress) -> None:
+        """A worker starts (or starts over) the search in `space`: whatever an interrupted run
+        left is discarded."""
+        self._write(**{**self._progress_fields(progress), "status": self.Status.GENERATING, "progress": 5, "error": "",
+                       "space": space, "proxy_set": None, "negative_proxy_set": None,
+                       "started_at": timezone.now(), "finished_at": None})
+
+    def mark_ranking(self, **progress) -> None:
+        self._write(**{**self._progress_fields(progress), "progress": 75, "status": self.Status.RANKING})
+
+    def mark_done(self, *, query_vector: bytes, result_count: int, lambda_used: float, aggregation: str,
+                  timings: dict) -> None:
+        """The results are stored (call inside the transaction that stores them, with the row
+        locked). The query vector u is kept with them: albums and match counts score by it."""
+        self._write(status=self.Status.DONE, progress=100, query_vector=query_vector, result_count=result_count,
+                    lambda_used=lambda_used, aggregation=aggregation, timings=timings, finished_at=timezone.now())
+
+    def mark_failed(self, reason: str) -> bool:
+        """Fail the search with a reason the user reads, unless it finished already."""
+        failed = bool(Search.objects.filter(pk=self.pk).fail(reason))
+        if failed:
+            self.refresh_from_db(fields=["status", "error", "finished_at"])
+        return failed
+
+    def mark_requeued(self, now: datetime) -> bool:
+        """Claim the one re-queue a search that no worker started may get (the sweeper's):
+        True when this call made it, False when it was queued again already."""
+        claimed = Search.objects.filter(pk=self.pk, status=self.Status.QUEUED, requeued_at__isnull=True).update(
+            requeued_at=now)
+        if claimed:
+            self.requeued_at = now
+        return bool(claimed)
+
+    def record_matches(self, count: int, cutoff: float, estimate: dict) -> None:
+        """The match estimate of a finished search (not a state change: the results stand)."""
+        self._write(match_count=count, match_cutoff=cutoff, match_estimate=estimate)
 
 
 def search_example_path(example: "SearchExample", filename: str) -> str:

@@ -5,27 +5,42 @@ from django.urls import reverse
 from rest_framework import serializers
 
 from .models import Search, SearchResult
-from .search_service import MAX_QUERY_LENGTH
+from .search.query import MAX_QUERY_LENGTH
+from .search.service import K_RANGE
 
 
 class SearchCreateSerializer(serializers.Serializer):
-    text = serializers.CharField(max_length=MAX_QUERY_LENGTH, required=False, default="", allow_blank=True,
-                                 trim_whitespace=True, help_text="The category; may be empty when examples are given")
+    """Parses a search request (types only); what the values may be is checked once, by the search
+    service, for the API and the pages alike (`retrieval.search.service`)."""
+
+    text = serializers.CharField(required=False, default="", allow_blank=True, trim_whitespace=True,
+                                 help_text=f"The category (at most {MAX_QUERY_LENGTH} characters); may be empty when "
+                                           "examples are given")
     examples = serializers.ListField(child=serializers.IntegerField(), required=False, default=list,
                                      help_text="Photo ids to search by (extra proxies); alone: a search by example")
     libraries = serializers.ListField(child=serializers.IntegerField(), required=False, default=list,
                                       help_text="Library ids; empty: every library you can see")
-    k = serializers.IntegerField(required=False, allow_null=True, default=None, help_text="Proxy images (1-16); default: the profile's")
-    seed = serializers.IntegerField(required=False, default=0, min_value=0)
-    lambda_override = serializers.FloatField(required=False, allow_null=True, default=None, min_value=0.0, max_value=1.0)
+    k = serializers.IntegerField(required=False, allow_null=True, default=None,
+                                 help_text=f"Proxy images ({K_RANGE[0]}-{K_RANGE[1]}); default: the profile's")
+    seed = serializers.IntegerField(required=False, default=0, help_text="Seed of the first proxy (non-negative)")
+    lambda_override = serializers.FloatField(required=False, allow_null=True, default=None,
+                                             help_text="λ between 0 (text only) and 1 (images only); default: the "
+                                                       "trained or configured λ")
     text_only = serializers.BooleanField(required=False, default=False)
+
+    def to_representation(self, instance):
+        # What a created search answers: the search itself, as GET shows it.
+        return SearchSerializer(instance, context=self.context).data
 
 
 class SearchRefineSerializer(serializers.Serializer):
-    disabled_proxies = serializers.ListField(child=serializers.IntegerField(min_value=0), required=False, default=list)
+    """Parses a refinement (types only; checked by the search service)."""
+
+    disabled_proxies = serializers.ListField(child=serializers.IntegerField(), required=False, default=list)
     positive_assets = serializers.ListField(child=serializers.IntegerField(), required=False, default=list)
     negative_assets = serializers.ListField(child=serializers.IntegerField(), required=False, default=list)
-    negative_text = serializers.CharField(max_length=MAX_QUERY_LENGTH, required=False, default="", allow_blank=True)
+    negative_text = serializers.CharField(required=False, default="", allow_blank=True,
+                                          help_text=f"What the photos must not show (at most {MAX_QUERY_LENGTH} characters)")
 
 
 class SearchSerializer(serializers.ModelSerializer):

@@ -28,10 +28,13 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from assets.models import Asset, Rendition
+from assets.tasks import make_renditions
 
-from .indexing import QUEUED_TASK_EXPIRY, pending_assets, schedule_indexing
+from .indexing.progress import pending_assets
+from .indexing.spaces import active_space
+from .indexing.tasks import QUEUED_TASK_EXPIRY, schedule_indexing
 from .models import AssetEmbedding, IndexingFailure, Search
-from .spaces import active_space
+from .search.tasks import queue_search
 from .workers import workers_seen
 
 logger = logging.getLogger(__name__)
@@ -40,7 +43,6 @@ WORKER_DIED = "The worker stopped while running this search; try again."
 NEVER_PICKED_UP = "No worker picked this search up in time; try again."
 # Re-queued per sweep at most: a sweep stays short, the next one takes the rest.
 RENDITION_BATCH = 1000
-UNFINISHED = (Search.Status.QUEUED, Search.Status.GENERATING, Search.Status.RANKING)
 
 
 @dataclass(frozen=True)
@@ -71,11 +73,9 @@ def sweep_stale_work(now: datetime | None = None) -> SweepReport:
 
 def sweep_searches(now: datetime) -> tuple[int, int]:
     """(searches marked failed, searches queued again)."""
-    from .search_service import queue_search
-
     cutoff = now - timedelta(seconds=settings.CLETIR_SEARCH_STALE_SECONDS)
     # The clock restarts when a search is re-queued: its second message gets the full time.
-    stale = Search.objects.filter(status__in=UNFINISHED).alias(
+    stale = Search.objects.unfinished().alias(
         queued_at=Coalesce("requeued_at", "created_at")
     ).filter(queued_at__lt=cutoff)
 
@@ -83,9 +83,7 @@ def sweep_searches(now: datetime) -> tuple[int, int]:
     never_started = stale.filter(status=Search.Status.QUEUED, started_at__isnull=True, requeued_at__isnull=True)
     for search in never_started.select_related("user"):
         # The conditional update is the claim: a concurrent sweep re-queues nothing twice.
-        if Search.objects.filter(pk=search.pk, status=Search.Status.QUEUED, requeued_at__isnull=True).update(
-            requeued_at=now
-        ):
+        if search.mark_requeued(now):
             queue_search(search)
             requeued += 1
             logger.warning("search %s was never started; queued again", search.pk)
@@ -97,9 +95,7 @@ def sweep_searches(now: datetime) -> tuple[int, int]:
     ):
         ids = list(rows.values_list("pk", flat=True))
         # Re-checked in the UPDATE: a search that finished meanwhile keeps its outcome.
-        count = Search.objects.filter(pk__in=ids, status__in=UNFINISHED).update(
-            status=Search.Status.FAILED, error=reason, finished_at=now
-        )
+        count = Search.objects.filter(pk__in=ids).fail(reason, now)
         if count:
             logger.warning("%d stale searches marked failed: %s (ids %s)", count, reason, ids)
         failed += count
@@ -135,8 +131,6 @@ def sweep_indexing(now: datetime) -> int:
 
 def sweep_renditions(now: datetime) -> int:
     """How many photos had their thumbnail task queued again."""
-    from assets.tasks import make_renditions
-
     if not any("default" in worker["queues"] for worker in workers_seen()):
         # Nobody would run them: queuing more copies each sweep would only pile them up.
         return 0

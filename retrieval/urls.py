@@ -1,6 +1,7 @@
 from django.urls import path
 
 from . import views
+from .albums import views as album_views
 
 urlpatterns = [
     path("search/", views.search_home, name="search-home"),
@@ -12,8 +13,6 @@ urlpatterns = [
 ]
 
 # Smart albums (retrieval.albums).
-from . import album_views  # noqa: E402
-
 urlpatterns += [
     path("albums/", album_views.album_list, name="album-list"),
     path("albums/<int:pk>/", album_views.album_detail, name="album-detail"),

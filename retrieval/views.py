@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
@@ -12,22 +13,25 @@ from assets.permissions import libraries_visible_to
 from assets.serving import serve_file
 from assets.views import PAGE_SIZES, page_size_from
 
-from .limits import RateLimited
-from .models import Search
-from .search_service import Refinement, SearchInputError, SearchRequest, create_search, refine_search
+from .models import ProxyImage, Search
+from .search.limits import RateLimited
+from .search.results import matching_results
+from .search.service import Refinement, SearchInputError, SearchRequest, create_search, refine_search
+from .serializers import SearchCreateSerializer, SearchRefineSerializer
 
 
 def _int_list(values) -> list[int]:
     return [int(v) for v in values if str(v).strip().isdigit()]
 
 
-def _optional_float(value):
-    value = (value or "").strip()
-    return float(value) if value else None
+def _errors(serializer) -> dict[str, list[str]]:
+    return {name: [str(message) for message in messages] for name, messages in serializer.errors.items()}
 
 
 @login_required
 def search_home(request):
+    """The query form. It is read by the API's serializer and checked by the same service as
+    the API, so the page and the API accept and refuse the same things with the same words."""
     libraries = libraries_visible_to(request.user).order_by("name")
     status = None
     errors, form = {}, {"text": "", "k": "", "seed": "0", "lambda_override": "", "libraries": [], "text_only": False}
@@ -38,19 +42,16 @@ def search_home(request):
             "libraries": _int_list(request.POST.getlist("libraries")), "text_only": bool(request.POST.get("text_only")),
             "examples": _int_list(request.POST.getlist("examples")),
         }
+        parsed = SearchCreateSerializer(data=request.POST)
         try:
-            search = create_search(request.user, SearchRequest(
-                text=form["text"], library_ids=form["libraries"], k=int(form["k"]) if form["k"].strip() else None,
-                seed=int(form["seed"] or 0), lambda_override=_optional_float(form["lambda_override"]),
-                text_only=form["text_only"], positive_asset_ids=form["examples"],
-            ))
+            if not parsed.is_valid():
+                raise SearchInputError(_errors(parsed))
+            search = create_search(request.user, SearchRequest(**parsed.validated_data))
             return redirect("search-detail", pk=search.pk)
         except SearchInputError as exc:
             errors = exc.errors
         except RateLimited as exc:
             errors, status = {"text": [exc.message]}, 429
-        except ValueError:
-            errors = {"advanced": ["K and the seed are whole numbers; λ is a number between 0 and 1."]}
     recent = Search.objects.filter(user=request.user).order_by("-created_at")[:15]
     return render(request, "retrieval/search_home.html", {
         "libraries": libraries, "errors": errors, "form": form, "recent": recent,
@@ -67,8 +68,6 @@ def _own_search(request, pk) -> Search:
 def search_detail(request, pk):
     search = _own_search(request, pk)
     size = page_size_from(request)
-    from .albums import matching_results  # smart albums: "only the matches", by date
-
     matches_only, sort = request.GET.get("matches_only") == "1", request.GET.get("sort", "")
     results = matching_results(search, matches_only, sort)
     page = Paginator(results, size).get_page(request.GET.get("page"))
@@ -85,22 +84,28 @@ def search_detail(request, pk):
 @require_POST
 def search_refine(request, pk):
     parent = _own_search(request, pk)
+    parsed = SearchRefineSerializer(data=request.POST)
+    if not parsed.is_valid():
+        return _refine_errors(request, parent, _errors(parsed))
     enabled = set(_int_list(request.POST.getlist("enabled_proxies")))
-    refinement = Refinement(
-        disabled_proxies=[i for i in range(parent.k) if i not in enabled] if "proxies_shown" in request.POST else list(parent.disabled_proxies),
-        positive_asset_ids=_int_list(request.POST.getlist("positive_assets")),
-        negative_asset_ids=_int_list(request.POST.getlist("negative_assets")),
-        negative_text=request.POST.get("negative_text", ""),
-        positive_uploads=request.FILES.getlist("positive_uploads"),
-        negative_uploads=request.FILES.getlist("negative_uploads"),
-    )
+    refinement = Refinement(**{
+        **parsed.validated_data,
+        "disabled_proxies": ([i for i in range(parent.k) if i not in enabled] if "proxies_shown" in request.POST
+                             else list(parent.disabled_proxies)),
+        "positive_uploads": request.FILES.getlist("positive_uploads"),
+        "negative_uploads": request.FILES.getlist("negative_uploads"),
+    })
     try:
         search = refine_search(parent, request.user, refinement)
     except SearchInputError as exc:
-        for field, problems in exc.errors.items():
-            messages.error(request, f"{field.replace('_', ' ')}: {' '.join(problems)}")
-        return redirect("search-detail", pk=parent.pk)
+        return _refine_errors(request, parent, exc.errors)
     return redirect("search-detail", pk=search.pk)
+
+
+def _refine_errors(request, parent: Search, errors: dict[str, list[str]]):
+    for field, problems in errors.items():
+        messages.error(request, f"{field.replace('_', ' ')}: {' '.join(problems)}")
+    return redirect("search-detail", pk=parent.pk)
 
 
 @login_required
@@ -126,10 +131,6 @@ def example_image(request, pk, example_id):
 @require_GET
 def admin_proxy_image(request, image_id):
     """Proxy images for the admin's proxy-set page (staff only)."""
-    from django.core.exceptions import PermissionDenied
-
-    from .models import ProxyImage
-
     if not (request.user.is_authenticated and request.user.is_staff):
         raise PermissionDenied
     image = get_object_or_404(ProxyImage, pk=image_id)

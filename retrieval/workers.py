@@ -1,12 +1,17 @@
 """Worker heartbeats: which Celery workers are alive, independent of the broker in use."""
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
+from .indexing.spaces import active_space, encoders_for, serving_space
 from .models import WorkerHeartbeat
+
+logger = logging.getLogger(__name__)
 
 
 def record_heartbeat(hostname: str, queues: list[str], pid: int) -> None:
@@ -37,13 +42,9 @@ def preload_models(queues: set[str]) -> None:
     Nothing to preload (no space yet, weights missing) is not an error here: the task itself
     reports it when it runs.
     """
-    import logging
-
-    from .spaces import active_space, encoders_for, serving_space
-
-    log = logging.getLogger(__name__)
     try:
         if "search" in queues and (space := serving_space()) is not None:
+            # Imported where used: torch and diffusers, which only a search worker needs.
             from retrieval.engine.generator import load_generator
 
             encoders_for(space).warmup()
@@ -51,8 +52,6 @@ def preload_models(queues: set[str]) -> None:
         if "embed" in queues and (space := active_space()) is not None:
             encoders_for(space).warmup()
     except Exception:
-        log.warning("models were not preloaded; the first task will load them", exc_info=True)
+        logger.warning("models were not preloaded; the first task will load them", exc_info=True)
     finally:
-        from django.db import connection
-
         connection.close()  # do not carry a connection opened here into the task's lifetime

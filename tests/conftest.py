@@ -184,6 +184,15 @@ def tiny_generator(tiny_model_dir):
 
 
 @pytest.fixture
+def eager_tasks(monkeypatch):
+    """Celery tasks queued by the code under test run at once, in this process (errors raised)."""
+    from cletir_site.celery import app
+
+    monkeypatch.setitem(app.conf, "task_always_eager", True)
+    monkeypatch.setitem(app.conf, "task_eager_propagates", True)
+
+
+@pytest.fixture
 def media_root(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.MEDIA_ROOT.mkdir()

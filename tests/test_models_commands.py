@@ -361,7 +361,7 @@ def _labelled_folder(root: Path) -> Path:
 @pytest.fixture
 def tiny_active_space(tiny_model_dir, db, media_root):
     from retrieval.models import EmbeddingSpace
-    from retrieval.spaces import space_for_profile
+    from retrieval.indexing.spaces import space_for_profile
 
     space = space_for_profile("tiny")
     EmbeddingSpace.objects.filter(pk=space.pk).update(is_active=True, is_serving=True)
@@ -371,7 +371,7 @@ def tiny_active_space(tiny_model_dir, db, media_root):
 
 def test_train_aggregator_saves_the_network_for_the_active_space(tiny_active_space, media_root, tmp_path):
     from retrieval.engine.aggregator import read_aggregator_metadata
-    from retrieval.search_runner import space_aggregator
+    from retrieval.search.inputs import space_aggregator
 
     folder = _labelled_folder(tmp_path / "photos")
     output = _run("train_aggregator", str(folder), "--k", "2", "--epochs", "3", "--seed", "1", "--force")

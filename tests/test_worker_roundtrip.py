@@ -7,7 +7,7 @@ import uuid
 import pytest
 from django.test import Client
 
-from retrieval.tasks.maintenance import ping
+from retrieval.tasks import ping
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .aggregator import AggregatorNet, load_aggregator
+from .seeds import proxy_seeds
 from .train import FeatureSet, compare_methods, format_table, save_features
 
 if TYPE_CHECKING:  # the model side is only imported when features are actually extracted
@@ -91,13 +92,6 @@ def scan_folder(root: str | Path) -> LabelledFolder:
     if len(categories) < 2:
         raise ValueError(f"{root}: need at least 2 category sub-folders with images, found {len(categories)}")
     return LabelledFolder(root, categories, queries, paths, np.asarray(labels, dtype=np.int64))
-
-
-def proxy_seeds(seed: int, k: int) -> list[int]:
-    """The K generation seeds of a query: consecutive from ``seed`` (reproducible, cacheable)."""
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    return list(range(seed, seed + k))
 
 
 def resolve_templates(mode: str, proxy_prompt: str) -> list[str] | None:

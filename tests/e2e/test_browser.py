@@ -18,7 +18,8 @@ from PIL import Image
 
 from assets.models import Asset, RejectedFile
 from retrieval.models import Search
-from retrieval.spaces import activate_space, space_for_profile
+from retrieval.indexing.services import activate_space
+from retrieval.indexing.spaces import space_for_profile
 from tests.conftest import PROJECT_DIR, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]

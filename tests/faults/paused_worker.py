@@ -8,7 +8,7 @@ knows which process to kill, and that it is inside the call), then waits FAULT_P
 Once the test has created the file `release` there (after its kill), a waiting call goes on at
 once and later calls neither mark nor wait: the rest runs at full speed.
 
-* `embed`: `Encoders.encode_photos`, which `retrieval.indexing.embed_batch` calls after it has
+* `embed`: `Encoders.encode_photos`, which `retrieval.indexing.photos.embed_batch` calls after it has
   claimed its batch (the rows are locked, nothing of the batch is committed yet);
 * `generate`: `ProxyGenerator.generate` for the query FAULT_PAUSE_QUERY only (the worker's
   warm-up generates too, and must not pause), which runs while the search is "generating".

@@ -15,7 +15,7 @@ def seed_indexable_library(count: int) -> None:
 
     from assets.models import Library
     from retrieval.models import EmbeddingSpace
-    from retrieval.spaces import space_for_profile
+    from retrieval.indexing.spaces import space_for_profile
 
     user = get_user_model().objects.create_user(username="ann", password="pw-ann")
     library = Library.objects.create(name="Harbour", owner=user)

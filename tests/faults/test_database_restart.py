@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from cletir_site import embedded_postgres
-from retrieval.tasks.embed import index_space
+from retrieval.indexing.tasks import index_space
 from tests.conftest import PROJECT_DIR, database_url_for, wait_for
 from tests.faults.conftest import BROKER, PAUSED_WORKER
 

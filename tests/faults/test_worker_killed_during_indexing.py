@@ -13,9 +13,10 @@ from __future__ import annotations
 import pytest
 
 from assets.models import Library
-from retrieval.indexing import pending_assets
+from retrieval.indexing.progress import pending_assets
 from retrieval.models import AssetEmbedding, EmbeddingSpace, IndexingFailure
-from retrieval.spaces import activate_space, space_for_profile
+from retrieval.indexing.services import activate_space
+from retrieval.indexing.spaces import space_for_profile
 from retrieval.sweeper import SweepReport, sweep_stale_work
 from tests.conftest import wait_for
 from tests.faults.conftest import BROKER, PAUSED_WORKER, kill_pool_process, kill_whole_worker

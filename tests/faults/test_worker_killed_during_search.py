@@ -14,9 +14,10 @@ from rest_framework.test import APIClient
 
 from assets.models import Library
 from retrieval.models import Search
-from retrieval.spaces import activate_space, space_for_profile
+from retrieval.indexing.services import activate_space
+from retrieval.indexing.spaces import space_for_profile
 from retrieval.sweeper import WORKER_DIED, SweepReport, sweep_stale_work
-from retrieval.tasks.embed import index_space
+from retrieval.indexing.tasks import index_space
 from tests.conftest import wait_for
 from tests.faults.conftest import BROKER, PAUSED_WORKER, kill_pool_process, kill_whole_worker
 from tests.photos import write_photos

@@ -5,7 +5,7 @@ import pytest
 
 from assets.models import Asset, Library
 from retrieval.models import AssetEmbedding, EmbeddingSpace, IndexingFailure
-from retrieval.tasks.embed import index_space
+from retrieval.indexing.tasks import index_space
 
 pytestmark = pytest.mark.django_db
 

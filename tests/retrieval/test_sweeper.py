@@ -12,8 +12,8 @@ from assets.models import Asset, Rendition
 from retrieval import sweeper
 from retrieval.models import AssetEmbedding, EmbeddingSpace, Search
 from retrieval.sweeper import NEVER_PICKED_UP, WORKER_DIED, SweepReport, sweep_stale_work
-from retrieval.tasks.embed import index_space
-from retrieval.tasks.search import run_search
+from retrieval.indexing.tasks import index_space
+from retrieval.search.tasks import run_search
 from retrieval.workers import record_heartbeat
 
 pytestmark = pytest.mark.django_db
@@ -112,7 +112,7 @@ def test_a_requeued_search_that_then_started_and_died_fails_as_a_dead_worker(ann
 
 
 def test_a_message_delivered_again_after_the_sweep_does_not_revive_a_failed_search(ann, monkeypatch):
-    from retrieval import search_runner
+    from retrieval.search import runner as search_runner
 
     dead = search(ann, Search.Status.GENERATING, STALE + 5, started=True)
     sweep_stale_work()
@@ -178,7 +178,7 @@ def test_photos_waiting_for_thumbnails_are_queued_again_only_when_a_worker_runs_
 
 def test_the_command_the_task_and_the_beat_schedule(ann, sent):
     from cletir_site.celery import app
-    from retrieval.tasks.maintenance import sweep_stale_work as sweep_task
+    from retrieval.tasks import sweep_stale_work as sweep_task
 
     search(ann, Search.Status.RANKING, STALE + 5, started=True)
     out = StringIO()

@@ -3,7 +3,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from retrieval.engine.profiles import MissingWeightsError, get_profile
-from retrieval.spaces import activate_space, serving_space, space_for_profile
+from retrieval.indexing.services import activate_space
+from retrieval.indexing.spaces import serving_space, space_for_profile
 
 FALLBACK = "tiny"
 

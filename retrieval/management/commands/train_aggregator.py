@@ -42,7 +42,7 @@ class Command(BaseCommand):
         from retrieval.engine.generator import load_generator
         from retrieval.engine.encoders import load_encoders
         from retrieval.engine.train import save_features
-        from retrieval.spaces import active_space, encoder_identity
+        from retrieval.indexing.spaces import active_space, encoder_identity
 
         if o["epochs"] < 1:
             raise CommandError("--epochs must be at least 1")

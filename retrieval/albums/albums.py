@@ -1,0 +1,169 @@
+"""Smart albums: a search saved with its query vector and cutoff, kept up to date on indexing.
+
+* Saving a search copies its query vector u, cutoff, scope and proxies; the album's photos are
+  every photo of the scope scoring at least the cutoff (the whole scope, not only the search's
+  stored top N).
+* When photos are indexed, indexing announces them (`retrieval.indexing.signals.photos_indexed`,
+  after its batch committed) and a task on the `default` queue scores them against each album
+  of that space whose scope includes their library (u · e), in bulk: those at or above the
+  cutoff join.
+* Hand-made choices win over scores: a pinned photo stays whatever it scores, a removed photo
+  keeps its row (state removed) so no rescoring or re-indexing brings it back.
+* Read-time permissions: an album shows only photos of libraries its viewer may see *now*
+  (`retrieval.search.scope`), whatever was stored when the photo joined.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from django.db import transaction
+from django.db.models import QuerySet
+
+from assets.models import Asset, Library
+
+from ..models import Album, AlbumPhoto, EmbeddingSpace, Search
+from ..search.matches import query_from_bytes, scope_scores
+from ..search.results import SORTS
+from ..search.scope import visible_library_ids
+
+AUDIT_SIDE = 12
+
+
+class AlbumError(ValueError):
+    """An album that cannot be made or changed; the message is shown to the user."""
+
+
+def album_library_ids(album: Album) -> list[int]:
+    """The libraries the album covers now: its chosen ones its owner may see (all they may see
+    when none were chosen)."""
+    return visible_library_ids(album.user, album.libraries.values_list("pk", flat=True))
+
+
+def viewable_library_ids(album: Album, viewer) -> list[int]:
+    """The album's libraries that `viewer` may see now (the owner, or staff in the admin)."""
+    return sorted(set(visible_library_ids(viewer)) & set(album_library_ids(album)))
+
+
+def create_album_from_search(user, search: Search, name: str) -> Album:
+    if search.user_id != user.pk:
+        raise AlbumError("No such search.")
+    if search.status != Search.Status.DONE or search.query_vector is None or search.match_cutoff is None:
+        raise AlbumError("Only a finished search with a match estimate can be saved as an album.")
+    name = (name or "").strip() or (search.text or "Search by example")
+    with transaction.atomic():
+        album = Album.objects.create(
+            user=user, name=name[:200], space=search.space, query_vector=bytes(search.query_vector),
+            cutoff=search.match_cutoff, source_search=search, proxy_set=search.proxy_set,
+            disabled_proxies=list(search.disabled_proxies),
+        )
+        album.libraries.set(search.libraries.all())
+        if album.space is not None:
+            ids, scores = scope_scores(album.space, query_from_bytes(album.query_vector), album_library_ids(album))
+            keep = scores >= album.cutoff
+            AlbumPhoto.objects.bulk_create(
+                [AlbumPhoto(album=album, asset_id=int(a), score=float(s)) for a, s in zip(ids[keep], scores[keep])],
+                batch_size=2000,
+            )
+    return album
+
+
+def add_indexed_photos(space: EmbeddingSpace, assets: Sequence[Asset], vectors: np.ndarray) -> int:
+    """Score photos just indexed into `space` against its albums; returns the rows added.
+
+    `vectors` are the photos' e = [I; V]; they are rounded to half precision first, as the
+    halfvec column stores them, so a score here equals one read back from the database.
+    Existing rows keep their state: pinned stay, removed stay out; an automatic member that a
+    re-index scores below the cutoff leaves. A few statements per album, whatever the number of
+    photos.
+    """
+    if not len(assets):
+        return 0
+    albums = list(Album.objects.filter(space=space).select_related("user").prefetch_related("libraries"))
+    if not albums:
+        return 0
+    e = np.asarray(vectors, dtype=np.float16).astype(np.float64)
+    libraries = np.array([a.library_id for a in assets])
+    asset_ids = np.array([a.pk for a in assets])
+    added = 0
+    for album in albums:
+        in_scope = np.isin(libraries, album_library_ids(album))
+        if not in_scope.any():
+            continue
+        scores = e[in_scope] @ query_from_bytes(album.query_vector).astype(np.float64)
+        ids = asset_ids[in_scope].tolist()
+        existing = {asset_id: (pk, state) for pk, asset_id, state in
+                    AlbumPhoto.objects.filter(album=album, asset_id__in=ids).values_list("pk", "asset_id", "state")}
+        above = scores >= album.cutoff
+        with transaction.atomic():
+            new = [AlbumPhoto(album=album, asset_id=a, score=float(s))
+                   for a, s, ok in zip(ids, scores, above) if ok and a not in existing]
+            added += len(AlbumPhoto.objects.bulk_create(new, ignore_conflicts=True))
+            leaving = [a for a, ok in zip(ids, above) if not ok and existing.get(a, (0, ""))[1] == AlbumPhoto.State.AUTO]
+            AlbumPhoto.objects.filter(album=album, asset_id__in=leaving, state=AlbumPhoto.State.AUTO).delete()
+            rescored = [AlbumPhoto(pk=existing[a][0], score=float(s)) for a, s in zip(ids, scores)
+                        if a in existing and a not in leaving]
+            AlbumPhoto.objects.bulk_update(rescored, ["score"])
+    return added
+
+
+def set_photo_state(album: Album, asset_id: int, state: str) -> AlbumPhoto:
+    """Pin or remove a photo by hand (any photo of the album's libraries the owner may see:
+    pinning one from just below the cutoff adds it)."""
+    if state not in (AlbumPhoto.State.PINNED, AlbumPhoto.State.REMOVED):
+        raise AlbumError("A photo can be pinned or removed.")
+    if not Asset.objects.filter(pk=asset_id, library_id__in=album_library_ids(album)).exists():
+        raise AlbumError("No such photo in this album's libraries.")
+    photo, _ = AlbumPhoto.objects.update_or_create(album=album, asset_id=asset_id, defaults={"state": state})
+    return photo
+
+
+def album_photos(album: Album, viewer, sort: str = "taken") -> QuerySet[AlbumPhoto]:
+    """The album's photos `viewer` may see now (pinned and automatic; never removed ones)."""
+    return (AlbumPhoto.objects.filter(album=album, asset__library_id__in=viewable_library_ids(album, viewer))
+            .exclude(state=AlbumPhoto.State.REMOVED).exclude(asset__status=Asset.Status.FAILED)
+            .select_related("asset").order_by(*SORTS.get(sort, SORTS["taken"])))
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    asset_id: int
+    library_id: int
+    score: float
+    state: str  # auto / pinned / removed, or "" for a photo that is not in the album
+
+
+@dataclass(frozen=True)
+class Audit:
+    cutoff: float
+    above: list[AuditRow]  # the lowest-scoring photos at or above the cutoff, best first
+    below: list[AuditRow]  # the best photos under the cutoff, best first
+    proxies: list  # ProxyImage rows of the album's proxy set
+    disabled_proxies: list[int]
+
+
+def audit(album: Album, viewer, side: int = AUDIT_SIDE) -> Audit:
+    """Why a photo is in or out: the photos just above and just below the cutoff, scored now."""
+    proxies = list(album.proxy_set.images.all()) if album.proxy_set_id else []
+    if album.space is None:
+        return Audit(album.cutoff, [], [], proxies, list(album.disabled_proxies))
+    ids, scores = scope_scores(album.space, query_from_bytes(album.query_vector), viewable_library_ids(album, viewer))
+    order = np.lexsort((ids, -scores))
+    ids, scores = ids[order], scores[order]
+    split = int((scores >= album.cutoff).sum())
+    window = list(range(max(0, split - side), min(len(ids), split + side)))
+    picked = [int(ids[i]) for i in window]
+    states = dict(AlbumPhoto.objects.filter(album=album, asset_id__in=picked).values_list("asset_id", "state"))
+    libraries = dict(Asset.objects.filter(pk__in=picked).values_list("pk", "library_id"))
+    rows = [AuditRow(int(ids[i]), libraries[int(ids[i])], float(scores[i]), states.get(int(ids[i]), "")) for i in window]
+    cut = split - max(0, split - side)
+    return Audit(album.cutoff, rows[:cut], rows[cut:], proxies, list(album.disabled_proxies))
+
+
+def albums_of(user) -> QuerySet[Album]:
+    return Album.objects.filter(user=user)
+
+
+def library_names(ids: list[int]) -> list[str]:
+    return list(Library.objects.filter(pk__in=ids).order_by("name").values_list("name", flat=True))

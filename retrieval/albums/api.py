@@ -1,0 +1,117 @@
+"""REST API of smart albums: list, create from a search, retrieve, photos, pin, remove, delete.
+
+Albums are the current user's only (another user's answers 404); an album's photos are read
+through `retrieval.albums.albums.album_photos`, which drops libraries the user can no longer see.
+"""
+from __future__ import annotations
+
+from django.shortcuts import get_object_or_404
+from django.urls import reverse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.response import Response
+
+from assets.api import PhotoPagination
+
+from ..models import Album, AlbumPhoto, Search
+from ..search.results import SORTS
+from .albums import AlbumError, album_photos, create_album_from_search, set_photo_state
+
+
+class AlbumSerializer(serializers.ModelSerializer):
+    url = serializers.SerializerMethodField()
+    photos_url = serializers.SerializerMethodField()
+    libraries = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    space = serializers.CharField(source="space.name", default=None, read_only=True)
+
+    class Meta:
+        model = Album
+        fields = ["id", "url", "photos_url", "name", "libraries", "space", "cutoff", "source_search", "proxy_set",
+                  "disabled_proxies", "created_at"]
+
+    def get_url(self, album) -> str:
+        return self.context["request"].build_absolute_uri(reverse("api:album-detail", args=[album.pk]))
+
+    def get_photos_url(self, album) -> str:
+        return self.context["request"].build_absolute_uri(reverse("api:album-photos", args=[album.pk]))
+
+
+class AlbumCreateSerializer(serializers.Serializer):
+    search = serializers.IntegerField(help_text="A finished search of yours to save")
+    name = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
+
+
+class AlbumPhotoSerializer(serializers.ModelSerializer):
+    library_id = serializers.IntegerField(source="asset.library_id")
+    taken_at = serializers.DateTimeField(source="asset.taken_at")
+    uploaded_at = serializers.DateTimeField(source="asset.created_at")
+    thumbnail_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = AlbumPhoto
+        fields = ["asset_id", "library_id", "score", "state", "taken_at", "uploaded_at", "thumbnail_url"]
+
+    def get_thumbnail_url(self, photo) -> str:
+        return self.context["request"].build_absolute_uri(reverse("asset-rendition", args=[photo.asset_id, "thumb"]))
+
+
+class AlbumPhotoStateSerializer(serializers.Serializer):
+    asset = serializers.IntegerField()
+
+
+class AlbumViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin,
+                   viewsets.GenericViewSet):
+    serializer_class = AlbumSerializer
+    # For the schema generator, which has no user to call get_queryset() with: the id's type.
+    queryset = Album.objects.none()
+
+    def get_queryset(self):
+        return Album.objects.filter(user=self.request.user).select_related("space").prefetch_related("libraries")
+
+    @extend_schema(request=AlbumCreateSerializer, responses={201: AlbumSerializer})
+    def create(self, request):
+        data = AlbumCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        search = get_object_or_404(Search, pk=data.validated_data["search"], user=request.user)
+        try:
+            album = create_album_from_search(request.user, search, data.validated_data["name"])
+        except AlbumError as exc:
+            raise ValidationError({"search": [str(exc)]}) from None
+        body = AlbumSerializer(self.get_queryset().get(pk=album.pk), context=self.get_serializer_context()).data
+        return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})
+
+    @extend_schema(responses=AlbumPhotoSerializer(many=True),
+                   parameters=[OpenApiParameter("sort", str, enum=list(SORTS), description="capture (default) or upload time"),
+                               OpenApiParameter("size", int, description="photos per page (at most 200)")])
+    @action(detail=True, methods=["get"])
+    def photos(self, request, pk=None):
+        album = self.get_object()
+        sort = request.query_params.get("sort", "taken")
+        if sort not in SORTS:
+            raise ValidationError({"sort": [f"One of: {', '.join(SORTS)}."]})
+        paginator = PhotoPagination()
+        page = paginator.paginate_queryset(album_photos(album, request.user, sort), request, view=self)
+        return paginator.get_paginated_response(AlbumPhotoSerializer(page, many=True, context={"request": request}).data)
+
+    def _set_state(self, request, state: str) -> Response:
+        album = self.get_object()
+        data = AlbumPhotoStateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            photo = set_photo_state(album, data.validated_data["asset"], state)
+        except AlbumError as exc:
+            raise ValidationError({"asset": [str(exc)]}) from None
+        photo = AlbumPhoto.objects.select_related("asset").get(pk=photo.pk)
+        return Response(AlbumPhotoSerializer(photo, context={"request": request}).data)
+
+    @extend_schema(request=AlbumPhotoStateSerializer, responses=AlbumPhotoSerializer)
+    @action(detail=True, methods=["post"])
+    def pin(self, request, pk=None):
+        return self._set_state(request, AlbumPhoto.State.PINNED)
+
+    @extend_schema(request=AlbumPhotoStateSerializer, responses=AlbumPhotoSerializer)
+    @action(detail=True, methods=["post"])
+    def remove(self, request, pk=None):
+        return self._set_state(request, AlbumPhoto.State.REMOVED)

@@ -1,0 +1,83 @@
+"""Album pages: the list, an album's photos (by capture or upload time, pin/remove), its audit,
+and saving a search as an album. Another user's album does not exist for you (404)."""
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from assets.views import PAGE_SIZES, page_size_from
+
+from ..models import Album, AlbumPhoto, Search
+from ..search.results import SORTS
+from .albums import AlbumError, album_photos, albums_of, audit, create_album_from_search, set_photo_state
+
+
+def _own_album(request, pk) -> Album:
+    return get_object_or_404(Album.objects.select_related("proxy_set", "source_search"), pk=pk, user=request.user)
+
+
+def _sort(request) -> str:
+    sort = request.GET.get("sort", "taken")
+    return sort if sort in SORTS else "taken"
+
+
+@login_required
+@require_GET
+def album_list(request):
+    return render(request, "retrieval/album_list.html", {"albums": albums_of(request.user)})
+
+
+@login_required
+@require_POST
+def album_from_search(request, pk):
+    search = get_object_or_404(Search, pk=pk, user=request.user)
+    try:
+        album = create_album_from_search(request.user, search, request.POST.get("name", ""))
+    except AlbumError as exc:
+        messages.error(request, str(exc))
+        return redirect("search-detail", pk=search.pk)
+    return redirect("album-detail", pk=album.pk)
+
+
+@login_required
+@require_GET
+def album_detail(request, pk):
+    album = _own_album(request, pk)
+    sort, size = _sort(request), page_size_from(request)
+    photos = album_photos(album, request.user, sort)
+    page = Paginator(photos, size).get_page(request.GET.get("page"))
+    return render(request, "retrieval/album_detail.html", {
+        "album": album, "page": page, "sort": sort, "size": size, "page_sizes": PAGE_SIZES, "total": photos.count(),
+    })
+
+
+@login_required
+@require_POST
+def album_photo_state(request, pk, asset_id):
+    album = _own_album(request, pk)
+    state = request.POST.get("state", "")
+    try:
+        set_photo_state(album, asset_id, state)
+    except AlbumError as exc:
+        messages.error(request, str(exc))
+    back = request.POST.get("next", "")
+    return redirect(back if back.startswith("/") and not back.startswith("//") else f"/albums/{album.pk}/")
+
+
+@login_required
+@require_GET
+def album_audit(request, pk):
+    album = _own_album(request, pk)
+    return render(request, "retrieval/album_audit.html", {
+        "album": album, "audit": audit(album, request.user), "states": AlbumPhoto.State,
+    })
+
+
+@login_required
+@require_POST
+def album_delete(request, pk):
+    _own_album(request, pk).delete()
+    return redirect("album-list")

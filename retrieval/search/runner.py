@@ -1,0 +1,242 @@
+"""Running one search: scope, inputs, query plan, ranking, stored results, match count.
+
+`execute(search)` is the body of the `search` queue's task: numbered steps, each timed into
+`Search.timings` and named for the error message a failure shows ("<stage> failed: ..."). The
+search's state moves through its own methods (`Search.mark_running`, `mark_ranking`,
+`mark_done`; the task calls `mark_failed`), so the page can show what is happening and what it
+cost. How the query vector is made is `plan.py`'s business; this module only gathers its inputs.
+
+Only libraries the search's user may see when it runs are ranked, whatever the search row says.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+from django.conf import settings
+from django.db import transaction
+
+from retrieval.engine.seeds import proxy_seeds
+
+from ..indexing.spaces import serving_space
+from ..models import EmbeddingSpace, ProxySet, Search, SearchExample, SearchResult
+from .inputs import asset_vision_vectors, encode_files, space_aggregator, text_vectors
+from .matches import query_bytes, record_matches
+from .plan import QueryInputs, QueryPlan, plan_query
+from .proxies import get_or_generate_proxy_set, proxy_features
+from .query import normalise_query
+from .ranking import rank
+from .results import store_results
+from .scope import search_library_ids, visible_library_ids
+from .tasks import TRANSIENT_ERRORS
+
+logger = logging.getLogger(__name__)
+
+
+class SearchFailed(Exception):
+    """A search that cannot run; the message is shown to the user as it is."""
+
+
+# What the user reads when a stage fails: "<phase> failed: <error>".
+PHASES = {
+    "preparing": "Preparing the search",
+    "text": "Encoding the text",
+    "proxies": "Generating the proxy images",
+    "examples": "Reading the example photos",
+    "negatives": "Reading the negative examples",
+    "aggregation": "Aggregating the proxies",
+    "ranking": "Ranking the photos",
+    "matches": "Counting the matching photos",
+    "store": "Storing the results",
+}
+NO_SPACE = ("No photo index is ready for search yet: an administrator must activate a model profile "
+            "(manage.py activate_profile) and let the libraries be indexed.")
+# Progress is written at most this often (seconds). A search with cached proxies passes its
+# progress steps within ~2 ms, and a write per step would cost it a round trip and a commit each;
+# a slow stage (generation, encoding, ranking a large scope) still shows every step.
+PROGRESS_INTERVAL = 0.1
+
+
+class _Run:
+    """Timings, the stage under way, and progress held back between writes, of one execution."""
+
+    def __init__(self, search: Search) -> None:
+        self.search = search
+        self.timings: dict[str, float | bool] = {}
+        self.started = time.perf_counter()
+        self.phase = "preparing"
+        self._held: dict = {}
+        self._saved_at = time.perf_counter()
+
+    def progress(self, value: int, **fields) -> None:
+        """Progress, and fields only the page shows (the proxy set): written now when the last
+        write is older than PROGRESS_INTERVAL, else held for the next write."""
+        self._held.update(fields, progress=value)
+        if time.perf_counter() - self._saved_at >= PROGRESS_INTERVAL:
+            self.search.save_progress(**self.held())
+
+    def held(self) -> dict:
+        """The progress held back, for the next write (a state change takes it along)."""
+        fields, self._held = self._held, {}
+        self._saved_at = time.perf_counter()
+        return fields
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a stage (seconds added to timings[name]) and name it for error messages."""
+        self.phase = name
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + (time.perf_counter() - start)
+
+    def rounded_timings(self) -> dict:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.timings.items()}
+
+
+def execute(search: Search) -> None:
+    """Run `search` to the end: results stored and status DONE, or an exception raised (the
+    task marks the search FAILED). A search already DONE returns at once; a re-run of one that
+    stopped half-way starts over (its partial state is discarded)."""
+    search.refresh_from_db(from_queryset=Search.objects.select_related("user", "parent__proxy_set"))
+    if search.status == Search.Status.DONE:
+        return
+    run = _Run(search)
+    try:
+        _execute(run)
+    except (SearchFailed, *TRANSIENT_ERRORS):
+        raise
+    except Exception as exc:
+        raise SearchFailed(f"{PHASES[run.phase]} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _execute(run: _Run) -> None:
+    search = run.search
+    # 1. Where: the serving space, and the libraries the user may see now.
+    space = serving_space()
+    if space is None:
+        raise SearchFailed(NO_SPACE)
+    library_ids = search_library_ids(search)
+    search.mark_running(space)
+    # 2. What: the text vector, the proxies, the example photos and the negatives.
+    inputs = _gather_inputs(run, space)
+    # 3. The query vector u and λ (plan.py).
+    with run.stage("aggregation"):
+        net = space_aggregator(space) if inputs.has_image_tokens else None
+        plan = plan_query(inputs, net, settings.CLETIR_FUSION_LAMBDA, settings.CLETIR_NEGATIVE_WEIGHT)
+    search.mark_ranking(**run.held())
+    # 4. Rank the scope.
+    with run.stage("ranking"):
+        rows = rank(space, plan.u, library_ids, search.top_n)
+    # 5. Store the results and finish; nothing more when a twin delivery finished first.
+    if not _store(run, plan, rows):
+        return
+    # 6. Count the matches over the whole scope, once the results are readable.
+    _count_matches(run, space, plan, library_ids, rows)
+
+
+def _gather_inputs(run: _Run, space: EmbeddingSpace) -> QueryInputs:
+    search = run.search
+    text = normalise_query(search.text)
+    images = not search.text_only  # λ = 0 switches the image half off: read none of it
+    positives = _visible_assets(search, search.positive_assets) if images else []
+    uploads = list(search.examples.all()) if images else []
+    positive_files = [e.file.path for e in uploads if e.kind == SearchExample.Kind.POSITIVE]
+    negative_files = [e.file.path for e in uploads if e.kind == SearchExample.Kind.NEGATIVE]
+    if not text and not (positives or positive_files):
+        raise SearchFailed("A search needs a text or at least one example photo.")
+    t = None
+    if text:
+        with run.stage("text"):
+            t, run.timings["text_cached"] = text_vectors.get(space, text)
+    run.progress(15)
+    proxies = enabled = None
+    if text and images:
+        run.phase = "proxies"
+        proxy_set = _proxy_set(run, space, text)
+        run.progress(55, proxy_set=proxy_set)
+        proxies = proxy_features(proxy_set)
+        enabled = np.array([i not in set(search.disabled_proxies) for i in range(len(proxies))])
+    examples = None
+    if positives or positive_files:
+        with run.stage("examples"):
+            examples = np.array(asset_vision_vectors(space, positives) + encode_files(space, positive_files))
+    negatives = _negative_vectors(run, space, negative_files) if images else None
+    run.progress(65)
+    return QueryInputs(vlm_dim=space.vlm_dim, vision_dim=space.vision_dim, text_vector=t, proxies=proxies,
+                       proxy_enabled=enabled, examples=examples, negatives=negatives,
+                       lambda_override=search.lambda_override)
+
+
+def _visible_assets(search: Search, assets) -> list:
+    """Example photos from libraries the user may see now (others are ignored, never read)."""
+    return list(assets.filter(library_id__in=visible_library_ids(search.user)).order_by("pk"))
+
+
+def _proxy_set(run: _Run, space: EmbeddingSpace, text: str) -> ProxySet:
+    """The search's proxy set: its parent's when refining (no generation, no lookup), else
+    the cached set of (text, space, generator, seeds), generated when missing."""
+    search = run.search
+    inherited = search.parent.proxy_set if search.parent is not None else None
+    if inherited is not None and inherited.space_id == space.pk and inherited.query == text:
+        run.timings.update(proxies_lookup=0.0, generation=0.0, proxies_cached=True)
+        return inherited
+    stage_timings: dict[str, float] = {}
+    proxy_set, generated = get_or_generate_proxy_set(space, text, proxy_seeds(search.seed, search.k), stage_timings)
+    run.timings.update(stage_timings)
+    run.timings.setdefault("generation", 0.0)
+    run.timings["proxies_cached"] = not generated
+    return proxy_set
+
+
+def _negative_vectors(run: _Run, space: EmbeddingSpace, files: list[str]) -> np.ndarray | None:
+    """Vision vectors of everything the user marked as "not this"."""
+    search = run.search
+    photos = _visible_assets(search, search.negative_assets)
+    negative_text = normalise_query(search.negative_text)
+    if not (photos or files or negative_text):
+        return None
+    with run.stage("negatives"):
+        vectors = asset_vision_vectors(space, photos) + encode_files(space, files)
+        if negative_text:
+            negative_set, _ = get_or_generate_proxy_set(space, negative_text, proxy_seeds(search.seed, search.k))
+            run.progress(65, negative_proxy_set=negative_set)
+            vectors += list(proxy_features(negative_set))
+    return np.array(vectors)
+
+
+def _store(run: _Run, plan: QueryPlan, rows: list) -> bool:
+    """Store the ranked rows and mark the search done, in one transaction that holds the
+    search's row lock: a duplicate delivery running at the same time stores nothing twice.
+    Returns False when the search was done already."""
+    search = run.search
+    run.phase = "store"
+    started = time.perf_counter()
+    with transaction.atomic():
+        if Search.objects.select_for_update().values_list("status", flat=True).get(pk=search.pk) == Search.Status.DONE:
+            return False
+        SearchResult.objects.filter(search=search).delete()  # an unfinished run's, if any
+        store_results(search, rows)
+        search.mark_done(query_vector=query_bytes(plan.u), result_count=len(rows), lambda_used=plan.lam,
+                         aggregation=plan.aggregation, timings=run.rounded_timings())
+    # Measured after the commit: what the worker spent before the results could be read.
+    # Written with the match count.
+    run.timings["store"] = time.perf_counter() - started
+    run.timings["total"] = time.perf_counter() - run.started
+    return True
+
+
+def _count_matches(run: _Run, space: EmbeddingSpace, plan: QueryPlan, library_ids: list[int], rows: list) -> None:
+    """Estimate the matches: it scores every photo in scope (hundreds of ms at 100k photos), so
+    it runs after DONE and must not delay the ranked results; the page waits for the count."""
+    started = time.perf_counter()
+    try:
+        record_matches(run.search, space, plan.u, library_ids, rows, list(plan.references))
+        run.timings["matches"] = time.perf_counter() - started
+    except Exception:  # the count is an estimate on top of finished results: log, keep the results
+        logger.exception("could not count the matching photos of search %s", run.search.pk)
+    run.search.save_progress(timings=run.rounded_timings())
