@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -46,6 +47,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",  # brute-force limit on logins (cletir_site.login_limits)
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
@@ -63,6 +65,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out login attempt into the 429 answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "cletir_site.urls"
@@ -117,9 +121,39 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# django-axes first: it refuses an attempt on a locked account or address before any password
+# is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
+
+# --- Brute-force limit on logins (django-axes; README "Security") ---
+# Failed logins (login page, admin login, POST /api/auth/token/) are counted per account and
+# per client address; at AXES_FAILURE_LIMIT failures within the cool-off, further attempts on
+# that account or from that address are refused with 429 and Retry-After, even with the right
+# password, until the failures are older than the cool-off.
+AXES_ENABLED = env.bool("AXES_ENABLED", default=True)
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=10)
+AXES_COOLOFF_TIME = timedelta(seconds=env.int("AXES_COOLOFF_SECONDS", default=900))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # either one reaching the limit locks
+# A success does not wipe the counters: otherwise an attacker who owns one account could log into
+# it between guesses at another and guess without end. Failures age out after the cool-off.
+AXES_RESET_ON_SUCCESS = False
+# Attempts refused during a lock are not counted, so the lock ends at a fixed time that the
+# Retry-After header can state, and a user who waits that long gets in.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "cletir_site.login_limits.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "cletir_site.login_limits.client_ip"
+# Only failures are kept (for the limit); successful logins are not logged with their address.
+AXES_DISABLE_ACCESS_LOG = True
+# Reverse proxies in front of the web process that append the client's address to
+# X-Forwarded-For (nginx: `proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for`). 0: the
+# header is ignored and the connection's address is the client's.
+CLETIR_TRUSTED_PROXIES = env.int("CLETIR_TRUSTED_PROXIES", default=0)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env.str("DJANGO_TIME_ZONE", default="UTC")
