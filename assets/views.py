@@ -13,7 +13,7 @@ from django.views.decorators.http import require_GET, require_POST
 from .forms import LibraryForm, MemberForm
 from .models import Asset, LibraryMembership, Rendition
 from .permissions import Access, libraries_visible_to, library_for
-from .serving import serve_file
+from .serving import login_or_token_required, serve_file
 from .services import delete_library
 
 PAGE_SIZES = (24, 48, 96, 200)
@@ -147,7 +147,7 @@ def asset_detail(request, pk, asset_id):
     })
 
 
-@login_required
+@login_or_token_required
 @require_GET
 def asset_file(request, asset_id, variant="original"):
     """A photo's original or one of its renditions, after the permission check.
