@@ -46,6 +46,9 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    # Static files go through WhiteNoise in development too (see MIDDLEWARE): runserver's own
+    # static handler answered a path like /static/..%2fx with a 500.
+    "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "axes",  # brute-force limit on logins (cletir_site.login_limits)
     "rest_framework",
@@ -58,7 +61,11 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.security.SecurityMiddleware",  # first: redirects and headers before anything else
+    # Static files (admin, API docs), in production from the collected files with far-future
+    # caching of hashed names, in development from the apps' folders; a path that is not a
+    # canonical file name (e.g. /static/..%2fx) is no file and ends as a 404.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -162,6 +169,10 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env.str("CLETIR_STATIC_ROOT", default=str(VAR_DIR / "static")))
+# Development serves from the apps' folders and sees edits; production serves what
+# collectstatic wrote. Fixed here, at load time: the test runner turns DEBUG off later.
+WHITENOISE_USE_FINDERS = DEBUG
+WHITENOISE_AUTOREFRESH = DEBUG
 MEDIA_ROOT = Path(env.str("CLETIR_MEDIA_ROOT", default=str(VAR_DIR / "media")))
 MEDIA_URL = "media/"
 
@@ -283,7 +294,8 @@ SPECTACULAR_SETTINGS = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"client_errors_without_traceback": {"()": "cletir_site.logging_filters.ClientErrorsWithoutTraceback"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["client_errors_without_traceback"]}},
     # Libraries (open_clip, pgserver, ...) log chatter at INFO on the root logger: keep the
     # root at WARNING and our own apps at DJANGO_LOG_LEVEL.
     "root": {"handlers": ["console"], "level": "WARNING"},
