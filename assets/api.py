@@ -25,12 +25,43 @@ from .services import delete_assets, delete_library
 
 
 class PhotoPagination(PageNumberPagination):
-    """Pages of photos everywhere in the API (a library's photos, search results, albums),
-    with the page sizes the galleries offer (`size`, at most 200)."""
+    """Every paginated answer of the API (a library's photos and refused files, searches, search
+    results, album photos): `page` and `size`, one rule everywhere.
+
+    A value that means nothing is refused with a 400 naming the parameter (`size=0`, `size=-5`,
+    `size=100000`, `page=0`, `page=x`) rather than quietly replaced, so a client never takes a
+    page of 200 for the 100000 rows it asked for; a page past the last one does not exist (404).
+    Empty values count as not given.
+    """
 
     page_size = 48
     page_size_query_param = "size"
     max_page_size = 200
+    page_query_description = "Page number, from 1 (default 1), or `last`; a page past the last one answers 404."
+    page_size_query_description = f"Items per page, from 1 to {max_page_size} (default {page_size}); other values answer 400."
+    invalid_page_message = "Page {page_number} is past the last page."
+
+    def get_page_size(self, request) -> int:
+        raw = request.query_params.get(self.page_size_query_param, "")
+        if raw == "":
+            return self.page_size
+        if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= self.max_page_size:
+            raise ValidationError({self.page_size_query_param: [f"A whole number from 1 to {self.max_page_size}."]})
+        return int(raw)
+
+    def get_page_number(self, request, paginator):
+        raw = request.query_params.get(self.page_query_param, "")
+        if raw == "" or raw in self.last_page_strings:
+            return super().get_page_number(request, paginator)
+        if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
+            raise ValidationError({self.page_query_param: ["A page number from 1, or 'last'."]})
+        return int(raw)
+
+    def get_schema_operation_parameters(self, view) -> list[dict]:
+        page, size = super().get_schema_operation_parameters(view)
+        page["schema"] = {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "enum": list(self.last_page_strings)}]}
+        size["schema"] = {"type": "integer", "minimum": 1, "maximum": self.max_page_size, "default": self.page_size}
+        return [page, size]
 
 
 def require_access(user, library, need: Access) -> None:
@@ -93,16 +124,12 @@ class LibraryViewSet(viewsets.ModelViewSet):
         }
         return Response(body, status=status.HTTP_200_OK)
 
-    @extend_schema(responses=inline_serializer("PaginatedRejectedFileList", {
-        "count": serializers.IntegerField(), "next": serializers.URLField(allow_null=True),
-        "previous": serializers.URLField(allow_null=True), "results": RejectedFileSerializer(many=True),
-    }))
-    @action(detail=True, methods=["get"])
+    @extend_schema(responses=RejectedFileSerializer(many=True))
+    @action(detail=True, methods=["get"], pagination_class=PhotoPagination)
     def rejected(self, request, pk=None):
         library = self.get_object()
-        paginator = PhotoPagination()
-        page = paginator.paginate_queryset(library.rejected_files.all(), request, view=self)
-        return paginator.get_paginated_response(RejectedFileSerializer(page, many=True).data)
+        page = self.paginate_queryset(library.rejected_files.all())
+        return self.get_paginated_response(RejectedFileSerializer(page, many=True).data)
 
     @extend_schema(request=MembershipSerializer, responses=MembershipSerializer(many=True))
     @action(detail=True, methods=["get", "post"])
