@@ -5,18 +5,19 @@ from django.db.models import Count
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied, Throttled, ValidationError
+from rest_framework.exceptions import NotFound, PermissionDenied, Throttled, ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 
 from .ingest import ingest_upload
 from .limits import UploadQuotaExceeded, check_upload_quota
-from .models import Asset, LibraryMembership
+from .models import PHOTO_SORTS, Asset, LibraryMembership
 from .permissions import Access, access_to, libraries_visible_to
 from .serializers import (
     AssetSerializer,
     LibrarySerializer,
+    MemberRoleSerializer,
     MembershipSerializer,
     RejectedFileSerializer,
     UploadResultSerializer,
@@ -131,7 +132,8 @@ class LibraryViewSet(viewsets.ModelViewSet):
         page = self.paginate_queryset(library.rejected_files.all())
         return self.get_paginated_response(RejectedFileSerializer(page, many=True).data)
 
-    @extend_schema(request=MembershipSerializer, responses=MembershipSerializer(many=True))
+    @extend_schema(request=MembershipSerializer, responses=MembershipSerializer(many=True),
+                   description="GET: the library's members. POST (owner): add a member, or give one a new role.")
     @action(detail=True, methods=["get", "post"])
     def members(self, request, pk=None):
         library = self.get_object()
@@ -146,6 +148,26 @@ class LibraryViewSet(viewsets.ModelViewSet):
         rows = library.memberships.select_related("user").order_by("user__username")
         return Response(MembershipSerializer(rows, many=True).data)
 
+    @extend_schema(methods=["PATCH"], request=MemberRoleSerializer, responses=MembershipSerializer,
+                   description="Change a member's role (owner).")
+    @extend_schema(methods=["DELETE"], responses={204: None},
+                   description="Remove a member (owner): the library is closed to them at once.")
+    @action(detail=True, methods=["patch", "delete"], url_path=r"members/(?P<username>[\w.@+-]+)", url_name="member")
+    def member(self, request, pk=None, username=None):
+        library = self.get_object()
+        require_access(request.user, library, Access.OWN)
+        membership = library.memberships.select_related("user").filter(user__username=username).first()
+        if membership is None:
+            raise NotFound(f"{username} is no member of this library.")
+        if request.method == "DELETE":
+            membership.delete()
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        data = MemberRoleSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        membership.role = data.validated_data["role"]
+        membership.save(update_fields=["role"])
+        return Response(MembershipSerializer(membership).data)
+
 
 class AssetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
     serializer_class = AssetSerializer
@@ -158,16 +180,15 @@ class AssetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
             if not library.isdigit():
                 raise ValidationError({"library": ["A library id (an integer)."]})
             assets = assets.filter(library_id=int(library))
-        order = self.request.query_params.get("sort", "newest")
-        if order == "taken":
-            from django.db.models import F
-
-            return assets.order_by(F("taken_at").desc(nulls_last=True), "-id")
-        return assets.order_by("-created_at", "-id")
+        order = self.request.query_params.get("sort") or "newest"
+        if order not in PHOTO_SORTS:
+            raise ValidationError({"sort": [f"One of: {', '.join(PHOTO_SORTS)}."]})
+        return assets.order_by(*PHOTO_SORTS[order])
 
     @extend_schema(parameters=[
         OpenApiParameter("library", int, description="only photos of this library"),
-        OpenApiParameter("sort", str, enum=["newest", "taken"], description="newest upload first, or by capture time"),
+        OpenApiParameter("sort", str, enum=list(PHOTO_SORTS),
+                         description="newest upload first (default), oldest first, or by capture time (photos without one last)"),
     ])
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)
