@@ -23,6 +23,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.utils import timezone
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.authtoken.serializers import AuthTokenSerializer
 from rest_framework.authtoken.views import ObtainAuthToken
@@ -87,6 +88,12 @@ class ObtainTokenView(ObtainAuthToken):
     """POST /api/auth/token/: a user's API token for their username and password."""
 
     serializer_class = TokenRequestSerializer
+
+    @extend_schema(request=TokenRequestSerializer, responses=inline_serializer("AuthToken", {"token": serializers.CharField()}),
+                   description="Send it as `Authorization: Token <token>`. Failed logins are limited per account and "
+                   "per client address: 429 with Retry-After (README, Security).")
+    def post(self, request, *args, **kwargs):
+        return super().post(request, *args, **kwargs)
 
     def get_serializer_context(self):
         # authenticate() gets Django's request, not DRF's wrapper: axes marks a locked-out
