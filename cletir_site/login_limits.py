@@ -70,7 +70,7 @@ def lockout_response(request: HttpRequest, original_response: HttpResponse | Non
     minutes = math.ceil(retry_after / 60)
     message = (f"Too many failed logins for this account or from this address. "
                f"Try again in {minutes} minute{'s' if minutes != 1 else ''}.")
-    if request.path.startswith("/api/"):
+    if request.path_info.startswith("/api/"):
         response = JsonResponse({"detail": message}, status=429)
     else:
         response = render(request, "registration/login_locked.html", {"message": message}, status=429)
