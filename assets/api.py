@@ -5,18 +5,19 @@ from django.db.models import Count
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied, Throttled, ValidationError
+from rest_framework.exceptions import NotFound, PermissionDenied, Throttled, ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 
 from .ingest import ingest_upload
 from .limits import UploadQuotaExceeded, check_upload_quota
-from .models import Asset, LibraryMembership
+from .models import PHOTO_SORTS, Asset, LibraryMembership
 from .permissions import Access, access_to, libraries_visible_to
 from .serializers import (
     AssetSerializer,
     LibrarySerializer,
+    MemberRoleSerializer,
     MembershipSerializer,
     RejectedFileSerializer,
     UploadResultSerializer,
@@ -25,12 +26,43 @@ from .services import delete_assets, delete_library
 
 
 class PhotoPagination(PageNumberPagination):
-    """Pages of photos everywhere in the API (a library's photos, search results, albums),
-    with the page sizes the galleries offer (`size`, at most 200)."""
+    """Every paginated answer of the API (a library's photos and refused files, searches, search
+    results, album photos): `page` and `size`, one rule everywhere.
+
+    A value that means nothing is refused with a 400 naming the parameter (`size=0`, `size=-5`,
+    `size=100000`, `page=0`, `page=x`) rather than quietly replaced, so a client never takes a
+    page of 200 for the 100000 rows it asked for; a page past the last one does not exist (404).
+    Empty values count as not given.
+    """
 
     page_size = 48
     page_size_query_param = "size"
     max_page_size = 200
+    page_query_description = "Page number, from 1 (default 1), or `last`; a page past the last one answers 404."
+    page_size_query_description = f"Items per page, from 1 to {max_page_size} (default {page_size}); other values answer 400."
+    invalid_page_message = "Page {page_number} is past the last page."
+
+    def get_page_size(self, request) -> int:
+        raw = request.query_params.get(self.page_size_query_param, "")
+        if raw == "":
+            return self.page_size
+        if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= self.max_page_size:
+            raise ValidationError({self.page_size_query_param: [f"A whole number from 1 to {self.max_page_size}."]})
+        return int(raw)
+
+    def get_page_number(self, request, paginator):
+        raw = request.query_params.get(self.page_query_param, "")
+        if raw == "" or raw in self.last_page_strings:
+            return super().get_page_number(request, paginator)
+        if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
+            raise ValidationError({self.page_query_param: ["A page number from 1, or 'last'."]})
+        return int(raw)
+
+    def get_schema_operation_parameters(self, view) -> list[dict]:
+        page, size = super().get_schema_operation_parameters(view)
+        page["schema"] = {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "enum": list(self.last_page_strings)}]}
+        size["schema"] = {"type": "integer", "minimum": 1, "maximum": self.max_page_size, "default": self.page_size}
+        return [page, size]
 
 
 def require_access(user, library, need: Access) -> None:
@@ -93,18 +125,15 @@ class LibraryViewSet(viewsets.ModelViewSet):
         }
         return Response(body, status=status.HTTP_200_OK)
 
-    @extend_schema(responses=inline_serializer("PaginatedRejectedFileList", {
-        "count": serializers.IntegerField(), "next": serializers.URLField(allow_null=True),
-        "previous": serializers.URLField(allow_null=True), "results": RejectedFileSerializer(many=True),
-    }))
-    @action(detail=True, methods=["get"])
+    @extend_schema(responses=RejectedFileSerializer(many=True))
+    @action(detail=True, methods=["get"], pagination_class=PhotoPagination)
     def rejected(self, request, pk=None):
         library = self.get_object()
-        paginator = PhotoPagination()
-        page = paginator.paginate_queryset(library.rejected_files.all(), request, view=self)
-        return paginator.get_paginated_response(RejectedFileSerializer(page, many=True).data)
+        page = self.paginate_queryset(library.rejected_files.all())
+        return self.get_paginated_response(RejectedFileSerializer(page, many=True).data)
 
-    @extend_schema(request=MembershipSerializer, responses=MembershipSerializer(many=True))
+    @extend_schema(request=MembershipSerializer, responses=MembershipSerializer(many=True),
+                   description="GET: the library's members. POST (owner): add a member, or give one a new role.")
     @action(detail=True, methods=["get", "post"])
     def members(self, request, pk=None):
         library = self.get_object()
@@ -119,6 +148,26 @@ class LibraryViewSet(viewsets.ModelViewSet):
         rows = library.memberships.select_related("user").order_by("user__username")
         return Response(MembershipSerializer(rows, many=True).data)
 
+    @extend_schema(methods=["PATCH"], request=MemberRoleSerializer, responses=MembershipSerializer,
+                   description="Change a member's role (owner).")
+    @extend_schema(methods=["DELETE"], responses={204: None},
+                   description="Remove a member (owner): the library is closed to them at once.")
+    @action(detail=True, methods=["patch", "delete"], url_path=r"members/(?P<username>[\w.@+-]+)", url_name="member")
+    def member(self, request, pk=None, username=None):
+        library = self.get_object()
+        require_access(request.user, library, Access.OWN)
+        membership = library.memberships.select_related("user").filter(user__username=username).first()
+        if membership is None:
+            raise NotFound(f"{username} is no member of this library.")
+        if request.method == "DELETE":
+            membership.delete()
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        data = MemberRoleSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        membership.role = data.validated_data["role"]
+        membership.save(update_fields=["role"])
+        return Response(MembershipSerializer(membership).data)
+
 
 class AssetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
     serializer_class = AssetSerializer
@@ -131,16 +180,15 @@ class AssetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
             if not library.isdigit():
                 raise ValidationError({"library": ["A library id (an integer)."]})
             assets = assets.filter(library_id=int(library))
-        order = self.request.query_params.get("sort", "newest")
-        if order == "taken":
-            from django.db.models import F
-
-            return assets.order_by(F("taken_at").desc(nulls_last=True), "-id")
-        return assets.order_by("-created_at", "-id")
+        order = self.request.query_params.get("sort") or "newest"
+        if order not in PHOTO_SORTS:
+            raise ValidationError({"sort": [f"One of: {', '.join(PHOTO_SORTS)}."]})
+        return assets.order_by(*PHOTO_SORTS[order])
 
     @extend_schema(parameters=[
         OpenApiParameter("library", int, description="only photos of this library"),
-        OpenApiParameter("sort", str, enum=["newest", "taken"], description="newest upload first, or by capture time"),
+        OpenApiParameter("sort", str, enum=list(PHOTO_SORTS),
+                         description="newest upload first (default), oldest first, or by capture time (photos without one last)"),
     ])
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)

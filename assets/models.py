@@ -81,6 +81,15 @@ class Asset(models.Model):
         return self.original_name or self.sha256[:12]
 
 
+# The orders of a library's photos, on the gallery page and in the API (`sort`): newest upload
+# first, oldest first, or by capture time (photos without one last, newest upload first among them).
+PHOTO_SORTS = {
+    "newest": ("-created_at", "-id"),
+    "oldest": ("created_at", "id"),
+    "taken": (models.F("taken_at").desc(nulls_last=True), "-id"),
+}
+
+
 def rendition_upload_path(rendition: "Rendition", filename: str) -> str:
     # Derived from the photo's content hash and the rendition name, never from user input: a
     # retried thumbnail task writes the same name again instead of a second file.

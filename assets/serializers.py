@@ -33,6 +33,10 @@ class MembershipSerializer(serializers.ModelSerializer):
         fields = ["username", "role"]
 
 
+class MemberRoleSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=LibraryMembership.Role.choices)
+
+
 class AssetSerializer(serializers.ModelSerializer):
     file_url = serializers.SerializerMethodField()
     thumbnail_url = serializers.SerializerMethodField()

@@ -4,25 +4,19 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db.models import Count, F, Prefetch
+from django.db.models import Count, Prefetch
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from .forms import LibraryForm, MemberForm
-from .models import Asset, LibraryMembership, Rendition
+from .models import PHOTO_SORTS, Asset, LibraryMembership, Rendition
 from .permissions import Access, libraries_visible_to, library_for
-from .serving import serve_file
+from .serving import login_or_token_required, serve_file
 from .services import delete_library
 
 PAGE_SIZES = (24, 48, 96, 200)
-SORTS = {
-    "newest": ("-created_at", "-id"),
-    "oldest": ("created_at", "id"),
-    # Photos without a capture time go last, newest upload first among them.
-    "taken": (F("taken_at").desc(nulls_last=True), "-id"),
-}
 
 
 def page_size_from(request) -> int:
@@ -63,11 +57,11 @@ def library_create(request):
 def library_detail(request, pk):
     library, access = library_for(request.user, pk)
     sort = request.GET.get("sort", "newest")
-    if sort not in SORTS:
+    if sort not in PHOTO_SORTS:
         sort = "newest"
     size = page_size_from(request)
     photos = (
-        library.assets.order_by(*SORTS[sort])
+        library.assets.order_by(*PHOTO_SORTS[sort])
         .prefetch_related(Prefetch("renditions", queryset=Rendition.objects.filter(name="thumb"), to_attr="thumbs"))
     )
     page = Paginator(photos, size).get_page(request.GET.get("page"))
@@ -147,7 +141,7 @@ def asset_detail(request, pk, asset_id):
     })
 
 
-@login_required
+@login_or_token_required
 @require_GET
 def asset_file(request, asset_id, variant="original"):
     """A photo's original or one of its renditions, after the permission check.

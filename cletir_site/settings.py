@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -45,7 +46,11 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    # Static files go through WhiteNoise in development too (see MIDDLEWARE): runserver's own
+    # static handler answered a path like /static/..%2fx with a 500.
+    "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
+    "axes",  # brute-force limit on logins (cletir_site.login_limits)
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
@@ -56,13 +61,19 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.security.SecurityMiddleware",  # first: redirects and headers before anything else
+    # Static files (admin, API docs), in production from the collected files with far-future
+    # caching of hashed names, in development from the apps' folders; a path that is not a
+    # canonical file name (e.g. /static/..%2fx) is no file and ends as a 404.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out login attempt into the 429 answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "cletir_site.urls"
@@ -117,9 +128,39 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# django-axes first: it refuses an attempt on a locked account or address before any password
+# is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
+
+# --- Brute-force limit on logins (django-axes; README "Security") ---
+# Failed logins (login page, admin login, POST /api/auth/token/) are counted per account and
+# per client address; at AXES_FAILURE_LIMIT failures within the cool-off, further attempts on
+# that account or from that address are refused with 429 and Retry-After, even with the right
+# password, until the failures are older than the cool-off.
+AXES_ENABLED = env.bool("AXES_ENABLED", default=True)
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=10)
+AXES_COOLOFF_TIME = timedelta(seconds=env.int("AXES_COOLOFF_SECONDS", default=900))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # either one reaching the limit locks
+# A success does not wipe the counters: otherwise an attacker who owns one account could log into
+# it between guesses at another and guess without end. Failures age out after the cool-off.
+AXES_RESET_ON_SUCCESS = False
+# Attempts refused during a lock are not counted, so the lock ends at a fixed time that the
+# Retry-After header can state, and a user who waits that long gets in.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "cletir_site.login_limits.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "cletir_site.login_limits.client_ip"
+# Only failures are kept (for the limit); successful logins are not logged with their address.
+AXES_DISABLE_ACCESS_LOG = True
+# Reverse proxies in front of the web process that append the client's address to
+# X-Forwarded-For (nginx: `proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for`). 0: the
+# header is ignored and the connection's address is the client's.
+CLETIR_TRUSTED_PROXIES = env.int("CLETIR_TRUSTED_PROXIES", default=0)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env.str("DJANGO_TIME_ZONE", default="UTC")
@@ -128,6 +169,10 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env.str("CLETIR_STATIC_ROOT", default=str(VAR_DIR / "static")))
+# Development serves from the apps' folders and sees edits; production serves what
+# collectstatic wrote. Fixed here, at load time: the test runner turns DEBUG off later.
+WHITENOISE_USE_FINDERS = DEBUG
+WHITENOISE_AUTOREFRESH = DEBUG
 MEDIA_ROOT = Path(env.str("CLETIR_MEDIA_ROOT", default=str(VAR_DIR / "media")))
 MEDIA_URL = "media/"
 
@@ -226,9 +271,12 @@ CELERY_BEAT_SCHEDULE_FILENAME = env.str("CELERY_BEAT_SCHEDULE_FILENAME", default
 
 # --- API -------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
+    # Token first: DRF answers an unauthenticated request with the first class's challenge, so
+    # it is 401 with `WWW-Authenticate: Token` (session first would make it a 403). The API and
+    # the file URLs it links to (assets.serving.login_or_token_required) use this list.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
         "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "cletir_site.api_schema.CletirAutoSchema",
@@ -246,7 +294,8 @@ SPECTACULAR_SETTINGS = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"client_errors_without_traceback": {"()": "cletir_site.logging_filters.ClientErrorsWithoutTraceback"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["client_errors_without_traceback"]}},
     # Libraries (open_clip, pgserver, ...) log chatter at INFO on the root logger: keep the
     # root at WARNING and our own apps at DJANGO_LOG_LEVEL.
     "root": {"handlers": ["console"], "level": "WARNING"},

@@ -28,7 +28,7 @@ for _name, _example in _REQUIRED.items():
         raise SystemExit(f"cletir: {_name} is not set. The production settings need {_example}.")
 
 from cletir_site.settings import *  # noqa: E402,F401,F403
-from cletir_site.settings import MIDDLEWARE, env  # noqa: E402
+from cletir_site.settings import env  # noqa: E402
 
 DEBUG = False
 
@@ -57,14 +57,11 @@ SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 
 # --- Static files ----------------------------------------------------------------------------
-# WhiteNoise serves the collected static files (admin, API docs) from gunicorn with far-future
-# caching of hashed names, so the site needs no separate static file server. Photos are never
-# static: they go through cletir's authorised views.
-MIDDLEWARE = [
-    MIDDLEWARE[0],  # SecurityMiddleware first: redirects and headers before anything else
-    "whitenoise.middleware.WhiteNoiseMiddleware",
-    *MIDDLEWARE[1:],
-]
+# WhiteNoise (in the base settings' MIDDLEWARE) serves the collected static files (admin, API
+# docs) from gunicorn with far-future caching of hashed names, so the site needs no separate
+# static file server. Photos are never static: they go through cletir's authorised views.
+WHITENOISE_USE_FINDERS = False
+WHITENOISE_AUTOREFRESH = False
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},

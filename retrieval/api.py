@@ -116,17 +116,15 @@ class SearchViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retri
         return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})
 
     @extend_schema(responses=SearchResultSerializer(many=True),
-                   parameters=[OpenApiParameter("size", int, description="results per page (at most 200)"),
-                               OpenApiParameter("matches_only", int, enum=[0, 1],
+                   parameters=[OpenApiParameter("matches_only", int, enum=[0, 1],
                                                 description="1: only the estimated matches (rank <= match_count)"),
                                OpenApiParameter("sort", str, enum=["taken", "uploaded"],
                                                 description="with matches_only: by capture or upload time")])
     @action(detail=True, methods=["get"])
     def results(self, request, pk=None):
         search = self.get_object()
-        paginator = PhotoPagination()
         # Ordered by rank (or a date, then rank), a unique key per search: pages never overlap
         # or skip a result.
         rows = matching_results(search, request.query_params.get("matches_only") == "1", request.query_params.get("sort", ""))
-        page = paginator.paginate_queryset(rows, request, view=self)
-        return paginator.get_paginated_response(SearchResultSerializer(page, many=True, context={"request": request}).data)
+        page = self.paginate_queryset(rows)
+        return self.get_paginated_response(SearchResultSerializer(page, many=True, context={"request": request}).data)

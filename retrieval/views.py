@@ -10,7 +10,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from assets.permissions import libraries_visible_to
-from assets.serving import serve_file
+from assets.serving import login_or_token_required, serve_file
 from assets.views import PAGE_SIZES, page_size_from
 
 from .models import ProxyImage, Search
@@ -108,7 +108,7 @@ def _refine_errors(request, parent: Search, errors: dict[str, list[str]]):
     return redirect("search-detail", pk=parent.pk)
 
 
-@login_required
+@login_or_token_required
 @require_GET
 def proxy_image(request, pk, index):
     """A proxy image of one of the user's searches (proxy sets are shared by searches, but
@@ -120,7 +120,7 @@ def proxy_image(request, pk, index):
     return serve_file(image.file, "image/webp", cache_seconds=86400)
 
 
-@login_required
+@login_or_token_required
 @require_GET
 def example_image(request, pk, example_id):
     search = _own_search(request, pk)

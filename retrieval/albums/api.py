@@ -83,17 +83,15 @@ class AlbumViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
         return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})
 
     @extend_schema(responses=AlbumPhotoSerializer(many=True),
-                   parameters=[OpenApiParameter("sort", str, enum=list(SORTS), description="capture (default) or upload time"),
-                               OpenApiParameter("size", int, description="photos per page (at most 200)")])
-    @action(detail=True, methods=["get"])
+                   parameters=[OpenApiParameter("sort", str, enum=list(SORTS), description="capture (default) or upload time")])
+    @action(detail=True, methods=["get"], pagination_class=PhotoPagination)
     def photos(self, request, pk=None):
         album = self.get_object()
         sort = request.query_params.get("sort", "taken")
         if sort not in SORTS:
             raise ValidationError({"sort": [f"One of: {', '.join(SORTS)}."]})
-        paginator = PhotoPagination()
-        page = paginator.paginate_queryset(album_photos(album, request.user, sort), request, view=self)
-        return paginator.get_paginated_response(AlbumPhotoSerializer(page, many=True, context={"request": request}).data)
+        page = self.paginate_queryset(album_photos(album, request.user, sort))
+        return self.get_paginated_response(AlbumPhotoSerializer(page, many=True, context={"request": request}).data)
 
     def _set_state(self, request, state: str) -> Response:
         album = self.get_object()
