@@ -125,6 +125,7 @@ class SearchViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retri
         search = self.get_object()
         # Ordered by rank (or a date, then rank), a unique key per search: pages never overlap
         # or skip a result.
-        rows = matching_results(search, request.query_params.get("matches_only") == "1", request.query_params.get("sort", ""))
+        rows = matching_results(search, request.user, request.query_params.get("matches_only") == "1",
+                                request.query_params.get("sort", ""))
         page = self.paginate_queryset(rows)
         return self.get_paginated_response(SearchResultSerializer(page, many=True, context={"request": request}).data)

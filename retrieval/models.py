@@ -329,7 +329,7 @@ class SearchResult(models.Model):
     photo's row, rewriting 1000 photo pages on disk for each search. What they would guard:
     the search row is locked (FOR UPDATE) by the run that writes its results, so it cannot go
     away; a photo deleted in the instant between ranking and storing leaves a row that every
-    reader drops, since results are always read joined to their photo (`albums.matching_results`,
+    reader drops, since results are always read joined to their photo (`search.results.matching_results`,
     the admin).
     """
 

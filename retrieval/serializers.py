@@ -6,6 +6,7 @@ from rest_framework import serializers
 
 from .models import Search, SearchResult
 from .search.query import MAX_QUERY_LENGTH
+from .search.results import visible_photos
 from .search.service import K_RANGE
 
 
@@ -48,8 +49,8 @@ class SearchSerializer(serializers.ModelSerializer):
     results_url = serializers.SerializerMethodField()
     status_display = serializers.CharField(source="get_status_display", read_only=True)
     libraries = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
-    positive_assets = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
-    negative_assets = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    positive_assets = serializers.SerializerMethodField(help_text="Example photos (of libraries you can see now)")
+    negative_assets = serializers.SerializerMethodField(help_text="Negative photos (of libraries you can see now)")
     proxies = serializers.SerializerMethodField()
     space = serializers.CharField(source="space.name", default=None, read_only=True, allow_null=True)
 
@@ -68,6 +69,15 @@ class SearchSerializer(serializers.ModelSerializer):
 
     def get_results_url(self, search) -> str:
         return self._absolute("api:search-results", search.pk)
+
+    def _visible_ids(self, photos) -> list[int]:
+        return list(visible_photos(photos, self.context["request"].user).values_list("pk", flat=True))
+
+    def get_positive_assets(self, search) -> list[int]:
+        return self._visible_ids(search.positive_assets)
+
+    def get_negative_assets(self, search) -> list[int]:
+        return self._visible_ids(search.negative_assets)
 
     def get_proxies(self, search) -> list[dict]:
         if search.proxy_set is None:

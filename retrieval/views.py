@@ -15,7 +15,7 @@ from assets.views import PAGE_SIZES, page_size_from
 
 from .models import ProxyImage, Search
 from .search.limits import RateLimited
-from .search.results import matching_results
+from .search.results import matching_results, visible_photos
 from .search.service import Refinement, SearchInputError, SearchRequest, create_search, refine_search
 from .serializers import SearchCreateSerializer, SearchRefineSerializer
 
@@ -69,14 +69,15 @@ def search_detail(request, pk):
     search = _own_search(request, pk)
     size = page_size_from(request)
     matches_only, sort = request.GET.get("matches_only") == "1", request.GET.get("sort", "")
-    results = matching_results(search, matches_only, sort)
+    results = matching_results(search, request.user, matches_only, sort)
     page = Paginator(results, size).get_page(request.GET.get("page"))
     proxies = list(search.proxy_set.images.all()) if search.proxy_set else []
     return render(request, "retrieval/search_detail.html", {
         "search": search, "page": page, "size": size, "page_sizes": PAGE_SIZES, "proxies": proxies,
         "matches_only": matches_only, "sort": sort if matches_only else "",
         "disabled": set(search.disabled_proxies), "examples": search.examples.all(),
-        "positives": search.positive_assets.all(), "negatives": search.negative_assets.all(),
+        "positives": visible_photos(search.positive_assets, request.user),
+        "negatives": visible_photos(search.negative_assets, request.user),
     })
 
 

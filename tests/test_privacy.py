@@ -98,3 +98,50 @@ def test_files_go_out_through_the_web_server_after_the_check_when_configured(a_w
     bob.force_login(a_world["bob"])
     denied = bob.get(f"/photos/{a_world['photo'].pk}/file")
     assert denied.status_code == 404 and "X-Accel-Redirect" not in denied
+
+
+def test_a_member_removed_from_a_library_loses_every_read_of_it_at_once(a_world, make_user):
+    """Carol was a viewer of Ann's library, searched it, used a photo of it as an example and
+    saved an album. Removed from the library, she keeps her searches and albums, but nothing
+    of the library reads through them any more: pages, API, files, albums, stored results."""
+    from assets.models import LibraryMembership
+
+    lib, photo = a_world["library"], a_world["photo"]
+    photo.original_name = "harbour-secret.jpg"
+    photo.save(update_fields=["original_name"])
+    carol = make_user("carol")
+    membership = LibraryMembership.objects.create(library=lib, user=carol, role=LibraryMembership.Role.VIEWER)
+    search = Search.objects.create(user=carol, text="boat", k=4, status=Search.Status.DONE, result_count=1,
+                                   match_count=1, match_cutoff=0.5)
+    search.positive_assets.set([photo])
+    SearchResult.objects.create(search=search, asset=photo, rank=1, score=0.9, text_score=0.4, image_score=0.5)
+    album = Album.objects.create(user=carol, name="Carol's boats", query_vector=b"", cutoff=0.1, source_search=search)
+    AlbumPhoto.objects.create(album=album, asset=photo, score=0.9)
+    api, page = APIClient(), Client()
+    api.force_authenticate(carol)
+    page.force_login(carol)
+
+    def reads() -> dict:
+        results = api.get(f"/api/searches/{search.pk}/results/").json()
+        matches = api.get(f"/api/searches/{search.pk}/results/?matches_only=1").json()
+        detail = api.get(f"/api/searches/{search.pk}/").json()
+        html = page.get(f"/search/{search.pk}/").content.decode() + page.get(f"/albums/{album.pk}/").content.decode()
+        return {
+            "results": [r["asset_id"] for r in results["results"]], "matches": matches["count"],
+            "examples": detail["positive_assets"],
+            "album": [p["asset_id"] for p in api.get(f"/api/albums/{album.pk}/photos/").json()["results"]],
+            "file": page.get(f"/photos/{photo.pk}/file").status_code,
+            "thumb": page.get(f"/photos/{photo.pk}/thumb").status_code,
+            "name on a page": "harbour-secret" in html,
+        }
+
+    assert reads() == {"results": [photo.pk], "matches": 1, "examples": [photo.pk], "album": [photo.pk],
+                       "file": 200, "thumb": 200, "name on a page": True}
+    membership.delete()
+    assert reads() == {"results": [], "matches": 0, "examples": [], "album": [], "file": 404, "thumb": 404,
+                       "name on a page": False}
+    # Her own things stay hers: the search and the album still open, empty of Ann's photo.
+    assert api.get(f"/api/searches/{search.pk}/").status_code == 200
+    assert page.get(f"/albums/{album.pk}/audit").status_code == 200
+    refused = api.post(f"/api/searches/{search.pk}/refine/", {"positive_assets": [photo.pk]}, format="json")
+    assert refused.status_code == 400 and refused.json() == {"positive_assets": [f"No such photo: {photo.pk}."]}
