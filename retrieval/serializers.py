@@ -35,13 +35,20 @@ class SearchCreateSerializer(serializers.Serializer):
 
 
 class SearchRefineSerializer(serializers.Serializer):
-    """Parses a refinement (types only; checked by the search service)."""
+    """Parses a refinement (types only; checked by the search service). A refinement starts from
+    everything the refined search had: a field left out keeps its value, a field given is the
+    new complete value (send `positive_assets` with the earlier ids and the new one to add one)."""
 
-    disabled_proxies = serializers.ListField(child=serializers.IntegerField(), required=False, default=list)
-    positive_assets = serializers.ListField(child=serializers.IntegerField(), required=False, default=list)
-    negative_assets = serializers.ListField(child=serializers.IntegerField(), required=False, default=list)
-    negative_text = serializers.CharField(required=False, default="", allow_blank=True,
+    disabled_proxies = serializers.ListField(child=serializers.IntegerField(), required=False,
+                                             help_text="Indexes of the proxies to switch off")
+    positive_assets = serializers.ListField(child=serializers.IntegerField(), required=False,
+                                            help_text="Photos to search more like")
+    negative_assets = serializers.ListField(child=serializers.IntegerField(), required=False,
+                                            help_text="Photos to push down")
+    negative_text = serializers.CharField(required=False, allow_blank=True,
                                           help_text=f"What the photos must not show (at most {MAX_QUERY_LENGTH} characters)")
+    kept_examples = serializers.ListField(child=serializers.IntegerField(), required=False,
+                                          help_text="Ids of the refined search's uploaded examples to keep")
 
 
 class SearchSerializer(serializers.ModelSerializer):

@@ -72,12 +72,14 @@ def search_detail(request, pk):
     results = matching_results(search, request.user, matches_only, sort)
     page = Paginator(results, size).get_page(request.GET.get("page"))
     proxies = list(search.proxy_set.images.all()) if search.proxy_set else []
+    positives = list(visible_photos(search.positive_assets, request.user))
+    negatives = list(visible_photos(search.negative_assets, request.user))
     return render(request, "retrieval/search_detail.html", {
         "search": search, "page": page, "size": size, "page_sizes": PAGE_SIZES, "proxies": proxies,
         "matches_only": matches_only, "sort": sort if matches_only else "",
         "disabled": set(search.disabled_proxies), "examples": search.examples.all(),
-        "positives": visible_photos(search.positive_assets, request.user),
-        "negatives": visible_photos(search.negative_assets, request.user),
+        "positives": positives, "negatives": negatives,
+        "example_ids": {a.pk for a in positives + negatives},
     })
 
 
@@ -89,8 +91,14 @@ def search_refine(request, pk):
     if not parsed.is_valid():
         return _refine_errors(request, parent, _errors(parsed))
     enabled = set(_int_list(request.POST.getlist("enabled_proxies")))
+    values = dict(parsed.validated_data)
+    if "examples_shown" in request.POST:
+        # The page lists the earlier examples as ticked boxes: what comes back is the whole set
+        # (a box unticked everywhere sends nothing).
+        for name in ("positive_assets", "negative_assets", "kept_examples"):
+            values.setdefault(name, [])
     refinement = Refinement(**{
-        **parsed.validated_data,
+        **values,
         "disabled_proxies": ([i for i in range(parent.k) if i not in enabled] if "proxies_shown" in request.POST
                              else list(parent.disabled_proxies)),
         "positive_uploads": request.FILES.getlist("positive_uploads"),

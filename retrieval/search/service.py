@@ -7,14 +7,15 @@ proxies, so re-ranking never regenerates what exists.
 """
 from __future__ import annotations
 
-import tempfile
+import os
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.core.files.base import File
+from django.core.files.base import ContentFile, File
 from django.db import transaction
 
 from assets.imaging import FileRejected, inspect_image, too_large
+from assets.media import new_incoming_file, remove_quietly
 from assets.models import Asset
 from assets.permissions import libraries_visible_to
 from retrieval.engine.profiles import PROFILES
@@ -23,6 +24,7 @@ from ..indexing.spaces import serving_space
 from ..models import Search, SearchExample
 from .limits import check_search_quota
 from .query import MAX_QUERY_LENGTH, clean_text
+from .results import visible_photos
 from .tasks import queue_search
 
 K_RANGE = (1, 16)
@@ -54,11 +56,16 @@ class SearchRequest:
 
 @dataclass
 class Refinement:
-    disabled_proxies: list[int] = field(default_factory=list)
-    positive_assets: list[int] = field(default_factory=list)
-    negative_assets: list[int] = field(default_factory=list)
-    negative_text: str = ""
-    positive_uploads: list = field(default_factory=list)  # uploaded files (pages only)
+    """A refinement starts from everything its parent search had: a field left None keeps the
+    parent's value (its switched-off proxies, example and negative photos, negative text and
+    uploaded examples); a given field is the new complete value."""
+
+    disabled_proxies: list[int] | None = None
+    positive_assets: list[int] | None = None
+    negative_assets: list[int] | None = None
+    negative_text: str | None = None
+    kept_examples: list[int] | None = None  # ids of the parent's uploaded examples to keep
+    positive_uploads: list = field(default_factory=list)  # new uploaded files (pages only)
     negative_uploads: list = field(default_factory=list)
 
 
@@ -121,16 +128,30 @@ def _check_assets(user, name: str, ids: list[int], errors: dict) -> None:
 
 
 def refine_search(parent: Search, user, refinement: Refinement) -> Search:
-    """A new search from `parent` with proxies switched off, examples or negatives added."""
+    """A new search from `parent`: its proxies (never generated again) with what `refinement`
+    changes; everything else as the parent had it."""
     errors: dict[str, list[str]] = {}
-    negative_text = _clean_text(refinement.negative_text, "negative_text", errors)
+    inherited = _inherited(parent, user)
+    wanted = {name: inherited[name] if value is None else value for name, value in (
+        ("disabled_proxies", refinement.disabled_proxies), ("positive_assets", refinement.positive_assets),
+        ("negative_assets", refinement.negative_assets), ("negative_text", refinement.negative_text),
+        ("kept_examples", refinement.kept_examples))}
+    negative_text = _clean_text(wanted["negative_text"], "negative_text", errors)
     k = parent.k
-    bad = [i for i in refinement.disabled_proxies if not 0 <= i < k]
-    if bad:
+    if [i for i in wanted["disabled_proxies"] if not 0 <= i < k]:
         errors.setdefault("disabled_proxies", []).append(f"Proxy numbers run from 0 to {k - 1}.")
-    _check_assets(user, "positive_assets", refinement.positive_assets, errors)
-    _check_assets(user, "negative_assets", refinement.negative_assets, errors)
-    if not parent.text and not (refinement.positive_assets or refinement.positive_uploads):
+    _check_assets(user, "positive_assets", wanted["positive_assets"], errors)
+    _check_assets(user, "negative_assets", wanted["negative_assets"], errors)
+    kept = [e for e in inherited["examples"] if e.pk in set(wanted["kept_examples"])]
+    unknown = sorted(set(wanted["kept_examples"]) - {e.pk for e in inherited["examples"]})
+    if unknown:
+        errors.setdefault("kept_examples", []).append(f"No such example of this search: {', '.join(map(str, unknown))}.")
+    uploads = {kind: _validated_examples(name, files, errors) for kind, name, files in (
+        (SearchExample.Kind.POSITIVE, "positive_uploads", refinement.positive_uploads),
+        (SearchExample.Kind.NEGATIVE, "negative_uploads", refinement.negative_uploads))}
+    has_example = (wanted["positive_assets"] or uploads[SearchExample.Kind.POSITIVE]
+                   or any(e.kind == SearchExample.Kind.POSITIVE for e in kept))
+    if not parent.text and not has_example:
         errors.setdefault("positive_assets", []).append("A search by example needs at least one example photo.")
     if errors:
         raise SearchInputError(errors)
@@ -138,30 +159,61 @@ def refine_search(parent: Search, user, refinement: Refinement) -> Search:
         search = Search.objects.create(
             user=user, text=parent.text, k=k, seed=parent.seed, lambda_override=parent.lambda_override,
             text_only=parent.text_only, top_n=parent.top_n, parent=parent,
-            disabled_proxies=sorted(set(refinement.disabled_proxies)), negative_text=negative_text,
+            disabled_proxies=sorted(set(wanted["disabled_proxies"])), negative_text=negative_text,
         )
         search.libraries.set(parent.libraries.all())
-        search.positive_assets.set(refinement.positive_assets)
-        search.negative_assets.set(refinement.negative_assets)
-        for kind, uploads in ((SearchExample.Kind.POSITIVE, refinement.positive_uploads),
-                              (SearchExample.Kind.NEGATIVE, refinement.negative_uploads)):
-            for upload in uploads:
-                SearchExample.objects.create(search=search, kind=kind, file=_validated_example(upload))
+        search.positive_assets.set(wanted["positive_assets"])
+        search.negative_assets.set(wanted["negative_assets"])
+        for example in kept:  # a copy each: every search owns (and deletes) its own files
+            with example.file.open("rb") as source:
+                SearchExample.objects.create(search=search, kind=example.kind, file=ContentFile(source.read(), "example"))
+        for kind, files in uploads.items():
+            for upload in files:
+                SearchExample.objects.create(search=search, kind=kind, file=File(upload, name="example"))
         transaction.on_commit(lambda: queue_search(search))
     return search
 
 
-def _validated_example(upload) -> File:
-    """An uploaded example photo, checked like any photo upload (same limits and reasons)."""
+def _inherited(parent: Search, user) -> dict:
+    """What a refinement of `parent` starts from (example photos of libraries `user` may see now)."""
+    return {
+        "disabled_proxies": list(parent.disabled_proxies),
+        "positive_assets": list(visible_photos(parent.positive_assets, user).values_list("pk", flat=True)),
+        "negative_assets": list(visible_photos(parent.negative_assets, user).values_list("pk", flat=True)),
+        "negative_text": parent.negative_text,
+        "examples": list(parent.examples.order_by("pk")),
+        "kept_examples": list(parent.examples.values_list("pk", flat=True)),
+    }
+
+
+def _validated_examples(name: str, uploads: list, errors: dict) -> list:
+    """Uploaded example photos, each checked like any photo upload (same limits and reasons);
+    every refused file is reported under `name`, not only the first."""
+    valid = []
+    for upload in uploads:
+        try:
+            if upload.size > settings.CLETIR_MAX_UPLOAD_BYTES:
+                raise too_large(settings.CLETIR_MAX_UPLOAD_BYTES)
+            _inspect_upload(upload)
+        except FileRejected as rejection:
+            errors.setdefault(name, []).append(f"{upload.name}: {rejection.message}")
+            continue
+        upload.seek(0)
+        valid.append(upload)
+    return valid
+
+
+def _inspect_upload(upload) -> None:
+    """Check an uploaded file as an image where it lies (a large upload is spooled to disk by
+    Django), or through a temporary file under MEDIA_ROOT/incoming, which the sweeper cleans."""
+    if hasattr(upload, "temporary_file_path"):
+        inspect_image(upload.temporary_file_path())
+        return
+    fd, path = new_incoming_file()
     try:
-        if upload.size > settings.CLETIR_MAX_UPLOAD_BYTES:
-            raise too_large(settings.CLETIR_MAX_UPLOAD_BYTES)
-        with tempfile.NamedTemporaryFile(suffix=".upload") as spool:
+        with os.fdopen(fd, "wb") as spool:
             for chunk in upload.chunks():
                 spool.write(chunk)
-            spool.flush()
-            inspect_image(spool.name)
-    except FileRejected as rejection:
-        raise SearchInputError({"examples": [f"{upload.name}: {rejection.message}"]}) from None
-    upload.seek(0)
-    return File(upload, name="example")
+        inspect_image(path)
+    finally:
+        remove_quietly(path)

@@ -180,3 +180,85 @@ def test_a_search_that_cannot_be_queued_fails_with_the_reason(world, monkeypatch
     search = Search.objects.get()
     assert search.status == "failed"
     assert search.error == "The search could not be queued (is the broker running?): [Errno 111] Connection refused"
+
+
+def _jpeg(name: str, shade: int = 90):
+    import io
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (shade, 120, 200)).save(buffer, "JPEG")
+    return SimpleUploadedFile(name, buffer.getvalue(), content_type="image/jpeg")
+
+
+def _refined(world, parent, media_root, **changes) -> Search:
+    """A child of `parent` made with +photo 4, −photo 25 and one uploaded example."""
+    from retrieval.models import SearchExample
+
+    child = Search.objects.create(user=world["ann"], text=parent.text, k=4, status=Search.Status.DONE, parent=parent,
+                                  negative_text="toy boat", **changes)
+    child.positive_assets.set([world["photos"][4]])
+    child.negative_assets.set([world["photos"][25]])
+    SearchExample.objects.create(search=child, kind=SearchExample.Kind.POSITIVE, file=_jpeg("mine.jpg"))
+    return child
+
+
+def test_a_refinement_starts_from_everything_the_search_had(world, queued, media_root):
+    first = _done_search(world, n=30)
+    second = _refined(world, first, media_root, disabled_proxies=[2])
+    client = api(world["ann"])
+    photos = world["photos"]
+
+    kept = client.post(f"/api/searches/{second.pk}/refine/", {"negative_text": "dinghy"}, format="json").json()
+    assert (kept["positive_assets"], kept["negative_assets"], kept["disabled_proxies"], kept["negative_text"]) == (
+        [photos[4].pk], [photos[25].pk], [2], "dinghy")
+    third = Search.objects.get(pk=kept["id"])
+    assert [e.kind for e in third.examples.all()] == ["positive"]
+    assert third.examples.get().file.name != second.examples.get().file.name  # its own copy
+
+    added = client.post(f"/api/searches/{second.pk}/refine/", {"positive_assets": [photos[4].pk, photos[9].pk]},
+                        format="json").json()
+    assert added["positive_assets"] == [photos[4].pk, photos[9].pk] and added["negative_assets"] == [photos[25].pk]
+    cleared = client.post(f"/api/searches/{second.pk}/refine/", {"negative_assets": [], "kept_examples": []},
+                          format="json").json()
+    assert cleared["negative_assets"] == [] and not Search.objects.get(pk=cleared["id"]).examples.exists()
+    unknown = client.post(f"/api/searches/{second.pk}/refine/", {"kept_examples": [999999]}, format="json")
+    assert unknown.status_code == 400 and unknown.json() == {"kept_examples": ["No such example of this search: 999999."]}
+
+
+def test_the_refine_form_keeps_the_earlier_examples_and_reports_every_bad_upload(world, queued, media_root, client):
+    first = _done_search(world, n=30)
+    second = _refined(world, first, media_root)
+    example = second.examples.get()
+    photos = world["photos"]
+    client.force_login(world["ann"])
+    page = client.get(f"/search/{second.pk}/").content.decode()
+    for name, value in (("positive_assets", photos[4].pk), ("negative_assets", photos[25].pk),
+                        ("kept_examples", example.pk)):
+        assert f'name="{name}" value="{value}" checked' in page, name
+    assert f"/search/{second.pk}/examples/{example.pk}" in page  # the uploaded example shows as a thumbnail
+
+    # The form as a browser sends it: the earlier examples' boxes still ticked, one new upload.
+    response = client.post(f"/search/{second.pk}/refine", {
+        "examples_shown": "1", "positive_assets": [photos[4].pk], "negative_assets": [photos[25].pk],
+        "kept_examples": [example.pk], "negative_text": "toy boat", "positive_uploads": [_jpeg("new.jpg", 30)],
+    })
+    third = Search.objects.get(parent=second)
+    assert response.status_code == 302 and response["Location"] == f"/search/{third.pk}/"
+    assert list(third.positive_assets.all()) == [photos[4]] and list(third.negative_assets.all()) == [photos[25]]
+    assert third.examples.filter(kind="positive").count() == 2
+
+    # Unticking drops: nothing of the lists comes back.
+    client.post(f"/search/{second.pk}/refine", {"examples_shown": "1", "negative_text": ""})
+    fourth = Search.objects.filter(parent=second).latest("pk")
+    assert not fourth.positive_assets.exists() and not fourth.negative_assets.exists() and not fourth.examples.exists()
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    bad = [SimpleUploadedFile("notes.txt", b"not a photo"), SimpleUploadedFile("broken.jpg", b"\xff\xd8\xff\xe0 junk")]
+    response = client.post(f"/search/{second.pk}/refine", {"positive_uploads": bad}, follow=True)
+    shown = [str(m) for m in response.context["messages"]]
+    assert len(shown) == 1 and "notes.txt" in shown[0] and "broken.jpg" in shown[0], shown
+    assert Search.objects.filter(parent=second).count() == 2
