@@ -225,6 +225,9 @@ CLETIR_MATCH_POSTERIOR = env.float("CLETIR_MATCH_POSTERIOR", default=0.5)
 # Searches that generate proxies (GPU time) a user may start per hour; cached queries are free.
 # 0: no limit.
 CLETIR_GENERATING_SEARCHES_PER_HOUR = env.int("CLETIR_GENERATING_SEARCHES_PER_HOUR", default=60)
+# Searches of one user in the `search` queue at once; the rest wait (still "queued") and go
+# when one of them ends, so one user's many searches never hold another's behind them. 0: no limit.
+CLETIR_SEARCHES_IN_FLIGHT_PER_USER = env.int("CLETIR_SEARCHES_IN_FLIGHT_PER_USER", default=2)
 # Scopes of at most this many photos are ranked exactly (cheap there); larger ones through the
 # HNSW index. 0 always uses the index.
 CLETIR_EXACT_RANK_MAX_ROWS = env.int("CLETIR_EXACT_RANK_MAX_ROWS", default=20000)

@@ -126,6 +126,9 @@ class ProxySet(models.Model):
     # float32 array (K, vision_dim) in .npy format: read back whole, never queried in SQL.
     features = models.BinaryField()
     generation_seconds = models.FloatField(default=0)
+    # What embedding the images cost when the set was made: a user's first search of a set that
+    # someone else made reports (and takes) what making it cost (retrieval.search.runner).
+    embedding_seconds = models.FloatField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -220,6 +223,11 @@ class Search(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # When the search was handed to the `search` queue. Null while it waits behind its user's
+    # earlier searches: at most CLETIR_SEARCHES_IN_FLIGHT_PER_USER of a user's are in the queue
+    # at once, so one user's hundred searches never hold another user's one behind them
+    # (retrieval.search.tasks.dispatch_waiting).
+    dispatched_at = models.DateTimeField(null=True, blank=True)
     # Set when the stale-work sweeper queued the search a second time (its first message was
     # lost before any worker started it); a search is re-queued at most once.
     requeued_at = models.DateTimeField(null=True, blank=True)
@@ -236,9 +244,16 @@ class Search(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        verbose_name_plural = "searches"
+        indexes = [models.Index(fields=["user", "status"], name="search_user_status")]
 
     def __str__(self) -> str:
         return self.text or "search by example"
+
+    @property
+    def is_waiting(self) -> bool:
+        """Queued behind the user's own earlier searches, not handed to a worker yet."""
+        return self.status == self.Status.QUEUED and self.dispatched_at is None
 
     @property
     def is_finished(self) -> bool:

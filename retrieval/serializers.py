@@ -55,6 +55,9 @@ class SearchSerializer(serializers.ModelSerializer):
     url = serializers.SerializerMethodField()
     results_url = serializers.SerializerMethodField()
     status_display = serializers.CharField(source="get_status_display", read_only=True)
+    waiting = serializers.BooleanField(source="is_waiting", read_only=True,
+                                       help_text="Queued behind your own earlier searches (at most "
+                                                 "CLETIR_SEARCHES_IN_FLIGHT_PER_USER of yours run at a time)")
     libraries = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
     positive_assets = serializers.SerializerMethodField(help_text="Example photos (of libraries you can see now)")
     negative_assets = serializers.SerializerMethodField(help_text="Negative photos (of libraries you can see now)")
@@ -64,7 +67,7 @@ class SearchSerializer(serializers.ModelSerializer):
     class Meta:
         model = Search
         fields = ["id", "url", "results_url", "text", "libraries", "k", "seed", "lambda_override", "text_only",
-                  "parent", "disabled_proxies", "positive_assets", "negative_assets", "negative_text", "status", "status_display", "progress", "error",
+                  "parent", "disabled_proxies", "positive_assets", "negative_assets", "negative_text", "status", "status_display", "waiting", "progress", "error",
                   "space", "lambda_used", "aggregation", "timings", "result_count", "match_count", "match_cutoff", "proxies", "created_at",
                   "started_at", "finished_at"]
 

@@ -34,7 +34,7 @@ from .indexing.progress import pending_assets
 from .indexing.spaces import active_space
 from .indexing.tasks import QUEUED_TASK_EXPIRY, schedule_indexing
 from .models import AssetEmbedding, IndexingFailure, Search
-from .search.tasks import queue_search
+from .search.tasks import dispatch_waiting, send
 from .workers import workers_seen
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ RENDITION_BATCH = 1000
 class SweepReport:
     searches_failed: int = 0
     searches_requeued: int = 0
+    searches_dispatched: int = 0
     indexing_scheduled: int = 0
     renditions_requeued: int = 0
 
@@ -63,6 +64,7 @@ def sweep_stale_work(now: datetime | None = None) -> SweepReport:
     report = SweepReport(
         searches_failed=failed,
         searches_requeued=requeued,
+        searches_dispatched=sweep_waiting_searches(),
         indexing_scheduled=sweep_indexing(now),
         renditions_requeued=sweep_renditions(now),
     )
@@ -72,11 +74,12 @@ def sweep_stale_work(now: datetime | None = None) -> SweepReport:
 
 
 def sweep_searches(now: datetime) -> tuple[int, int]:
-    """(searches marked failed, searches queued again)."""
+    """(searches marked failed, searches queued again). Searches waiting behind their user's
+    earlier ones are not stale: their clock starts when they are sent to the queue."""
     cutoff = now - timedelta(seconds=settings.CLETIR_SEARCH_STALE_SECONDS)
     # The clock restarts when a search is re-queued: its second message gets the full time.
     stale = Search.objects.unfinished().alias(
-        queued_at=Coalesce("requeued_at", "created_at")
+        queued_at=Coalesce("requeued_at", "dispatched_at")
     ).filter(queued_at__lt=cutoff)
 
     requeued = 0
@@ -84,7 +87,7 @@ def sweep_searches(now: datetime) -> tuple[int, int]:
     for search in never_started.select_related("user"):
         # The conditional update is the claim: a concurrent sweep re-queues nothing twice.
         if search.mark_requeued(now):
-            queue_search(search)
+            send(search.pk)
             requeued += 1
             logger.warning("search %s was never started; queued again", search.pk)
 
@@ -100,6 +103,14 @@ def sweep_searches(now: datetime) -> tuple[int, int]:
             logger.warning("%d stale searches marked failed: %s (ids %s)", count, reason, ids)
         failed += count
     return failed, requeued
+
+
+def sweep_waiting_searches() -> int:
+    """Send waiting searches whose user has room in the queue (a worker that died, or a
+    database outage, kept the run that ended from sending the next one); returns how many."""
+    users = Search.objects.filter(status=Search.Status.QUEUED, dispatched_at__isnull=True).values_list(
+        "user_id", flat=True).distinct()
+    return sum(dispatch_waiting(user_id) for user_id in users)
 
 
 def sweep_indexing(now: datetime) -> int:

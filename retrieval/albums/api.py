@@ -28,7 +28,9 @@ class AlbumSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Album
-        fields = ["id", "url", "photos_url", "name", "libraries", "space", "cutoff", "source_search", "proxy_set",
+        # No proxy set id: sets are shared between users, and an id seen twice would tell one user
+        # that another searched the same category (retrieval.search.cache_privacy).
+        fields = ["id", "url", "photos_url", "name", "libraries", "space", "cutoff", "source_search",
                   "disabled_proxies", "created_at"]
 
     def get_url(self, album) -> str:

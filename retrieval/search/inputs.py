@@ -20,20 +20,21 @@ logger = logging.getLogger(__name__)
 
 # Text vectors of recent queries per worker process: the 80-template text encoding is the one
 # model call a search with cached proxies still needs, and it is a pure function of
-# (space, text), so a repeated query skips it.
+# (space, text), so a repeated query skips it. Keyed by user too: a hit must never tell a user
+# that someone else searched the text (cache_privacy).
 TEXT_CACHE_SIZE = 1024
 
 
 class _TextVectors:
-    """A small LRU of text vectors keyed by (space fingerprint, normalised text)."""
+    """A small LRU of text vectors keyed by (space fingerprint, user, normalised text)."""
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._items: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._items: OrderedDict[tuple[str, int | None, str], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, space: EmbeddingSpace, text: str) -> tuple[np.ndarray, bool]:
-        key = (space.fingerprint, text)
+    def get(self, space: EmbeddingSpace, text: str, user_id: int | None) -> tuple[np.ndarray, bool]:
+        key = (space.fingerprint, user_id, text)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)

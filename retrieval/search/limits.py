@@ -11,7 +11,7 @@ from django.utils import timezone
 from retrieval.engine.seeds import proxy_seeds
 
 from ..indexing.spaces import serving_space
-from ..models import ProxySet, Search
+from ..models import Search
 from .proxies import seeds_key
 from .query import normalise_query
 
@@ -24,22 +24,25 @@ class RateLimited(Exception):
     retry_after_seconds: int
 
 
-def will_generate(text: str, seed: int, k: int) -> bool:
-    """Whether a search for `text` would run the generator: no proxy set of the serving space
-    has this query and these seeds yet (the generator's own key is left out: it changes only
-    when the site changes its generator, and then every query generates anyway)."""
+def will_generate(user, text: str, seed: int, k: int) -> bool:
+    """Whether a search for `text` counts as generating for `user`: none of the user's own
+    searches used a proxy set of the serving space with this query and these seeds yet. Another
+    user's set does not count (it would tell the user that someone searched the text; see
+    `cache_privacy`); the generator's own key is left out: it changes only when the site
+    changes its generator, and then every query generates anyway."""
     space = serving_space()
     if space is None or not text:
         return False
     key = seeds_key(proxy_seeds(seed, k))
-    return not ProxySet.objects.filter(query=normalise_query(text), space=space, seeds_key=key).exists()
+    return not Search.objects.filter(user=user, proxy_set__query=normalise_query(text), proxy_set__space=space,
+                                     proxy_set__seeds_key=key).exists()
 
 
 def check_search_quota(user, text: str, seed: int, k: int, text_only: bool) -> None:
     """Raise RateLimited when the user has generated proxies for CLETIR_GENERATING_SEARCHES_PER_HOUR
     searches in the last hour and this one would generate again."""
     limit = settings.CLETIR_GENERATING_SEARCHES_PER_HOUR
-    if limit <= 0 or text_only or not will_generate(text, seed, k):
+    if limit <= 0 or text_only or not will_generate(user, text, seed, k):
         return
     since = timezone.now() - WINDOW
     recent = Search.objects.filter(user=user, created_at__gte=since, parent__isnull=True, text_only=False)
@@ -52,7 +55,7 @@ def check_search_quota(user, text: str, seed: int, k: int, text_only: bool) -> N
         retry = max(1, int((oldest + WINDOW - timezone.now()).total_seconds())) if oldest else 60
         raise RateLimited(
             f"You have run {count} searches that generate new images in the last hour, the most this "
-            f"site allows ({limit}). Searches for categories already searched still work; new ones "
+            f"site allows ({limit}). Searches for categories you searched before still work; new ones "
             f"again in about {max(1, retry // 60)} minutes.",
             retry,
         )

@@ -106,6 +106,7 @@ def get_or_generate_proxy_set(
                 query=query, space=space, generator_key=key, generator_versions=versions,
                 seeds=[int(s) for s in seeds], seeds_key=seeds_text, prompt=generator.prompt(query),
                 features=_features_bytes(features), generation_seconds=generation,
+                embedding_seconds=timings["proxy_embedding"],
             )
             for index, (seed, image) in enumerate(zip(seeds, images)):
                 row = ProxyImage(proxy_set=proxy_set, index=index, seed=int(seed))

@@ -23,6 +23,7 @@ from retrieval.engine.seeds import proxy_seeds
 
 from ..indexing.spaces import serving_space
 from ..models import EmbeddingSpace, ProxySet, Search, SearchExample, SearchResult
+from .cache_privacy import cost_of_making, used_before, wait_as_if_made
 from .inputs import asset_vision_vectors, encode_files, space_aggregator, text_vectors
 from .matches import query_bytes, record_matches
 from .plan import QueryInputs, QueryPlan, plan_query
@@ -152,7 +153,7 @@ def _gather_inputs(run: _Run, space: EmbeddingSpace) -> QueryInputs:
     t = None
     if text:
         with run.stage("text"):
-            t, run.timings["text_cached"] = text_vectors.get(space, text)
+            t, run.timings["text_cached"] = text_vectors.get(space, text, search.user_id)
     run.progress(15)
     proxies = enabled = None
     if text and images:
@@ -179,7 +180,8 @@ def _visible_assets(search: Search, assets) -> list:
 
 def _proxy_set(run: _Run, space: EmbeddingSpace, text: str) -> ProxySet:
     """The search's proxy set: its parent's when refining (no generation, no lookup), else
-    the cached set of (text, space, generator, seeds), generated when missing."""
+    the cached set of (text, space, generator, seeds), generated when missing. What the user sees
+    of the cache is only what their own searches put there (`cache_privacy`)."""
     search = run.search
     inherited = search.parent.proxy_set if search.parent is not None else None
     if inherited is not None and inherited.space_id == space.pk and inherited.query == text:
@@ -188,8 +190,11 @@ def _proxy_set(run: _Run, space: EmbeddingSpace, text: str) -> ProxySet:
     stage_timings: dict[str, float] = {}
     proxy_set, generated = get_or_generate_proxy_set(space, text, proxy_seeds(search.seed, search.k), stage_timings)
     run.timings.update(stage_timings)
+    run.timings["proxies_cached"] = not generated and used_before(search.user, proxy_set, search)
+    if not generated and not run.timings["proxies_cached"]:
+        wait_as_if_made(proxy_set)  # someone else's set: as long as making it took
+        run.timings.update(cost_of_making(proxy_set))
     run.timings.setdefault("generation", 0.0)
-    run.timings["proxies_cached"] = not generated
     return proxy_set
 
 
@@ -203,7 +208,9 @@ def _negative_vectors(run: _Run, space: EmbeddingSpace, files: list[str]) -> np.
     with run.stage("negatives"):
         vectors = asset_vision_vectors(space, photos) + encode_files(space, files)
         if negative_text:
-            negative_set, _ = get_or_generate_proxy_set(space, negative_text, proxy_seeds(search.seed, search.k))
+            negative_set, generated = get_or_generate_proxy_set(space, negative_text, proxy_seeds(search.seed, search.k))
+            if not generated and not used_before(search.user, negative_set, search):
+                wait_as_if_made(negative_set)
             run.progress(65, negative_proxy_set=negative_set)
             vectors += list(proxy_features(negative_set))
     return np.array(vectors)

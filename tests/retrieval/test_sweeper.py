@@ -46,7 +46,8 @@ def ago(seconds: float):
 def search(user, status: str, age: float, started: bool = False, **fields) -> Search:
     row = Search.objects.create(user=user, text="sailboat", k=4, status=status, **fields)
     # created_at is auto_now_add: the age is set afterwards.
-    Search.objects.filter(pk=row.pk).update(created_at=ago(age), started_at=ago(age - 1) if started else None)
+    Search.objects.filter(pk=row.pk).update(created_at=ago(age), dispatched_at=ago(age),
+                                            started_at=ago(age - 1) if started else None)
     return row
 
 
@@ -183,8 +184,8 @@ def test_the_command_the_task_and_the_beat_schedule(ann, sent):
     search(ann, Search.Status.RANKING, STALE + 5, started=True)
     out = StringIO()
     call_command("sweep_stale_work", stdout=out)
-    assert out.getvalue() == "searches_failed=1 searches_requeued=0 indexing_scheduled=0 renditions_requeued=0\n"
-    assert sweep_task() == {"searches_failed": 0, "searches_requeued": 0, "indexing_scheduled": 0,
+    assert out.getvalue() == "searches_failed=1 searches_requeued=0 searches_dispatched=0 indexing_scheduled=0 renditions_requeued=0\n"
+    assert sweep_task() == {"searches_failed": 0, "searches_requeued": 0, "searches_dispatched": 0, "indexing_scheduled": 0,
                             "renditions_requeued": 0}
 
     entry = app.conf.beat_schedule["sweep-stale-work"]

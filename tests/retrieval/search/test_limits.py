@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import io
+from datetime import timedelta
 
 import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
 from PIL import Image
 from rest_framework.test import APIClient
 
@@ -35,10 +37,16 @@ def api(user) -> APIClient:
     return client
 
 
-def test_only_searches_that_generate_count_against_the_hourly_quota(ann, space, settings, client):
+def test_only_searches_that_generate_count_against_the_hourly_quota(ann, space, settings, client, make_user):
     settings.CLETIR_GENERATING_SEARCHES_PER_HOUR = 2
-    ProxySet.objects.create(query="sailboat", space=space, generator_key="g", seeds=[0, 1, 2, 3],
-                            seeds_key="0,1,2,3", prompt="a photo of a sailboat.", features=b"")
+    sailboat = ProxySet.objects.create(query="sailboat", space=space, generator_key="g", seeds=[0, 1, 2, 3],
+                                       seeds_key="0,1,2,3", prompt="a photo of a sailboat.", features=b"")
+    net = ProxySet.objects.create(query="fishing net", space=space, generator_key="g", seeds=[0, 1, 2, 3],
+                                  seeds_key="0,1,2,3", prompt="a photo of a fishing net.", features=b"")
+    # Ann searched "sailboat" the day before (outside the hour); Bob searched "fishing net".
+    Search.objects.create(user=ann, text="sailboat", k=4, status=Search.Status.DONE, proxy_set=sailboat)
+    Search.objects.filter(user=ann).update(created_at=timezone.now() - timedelta(days=1))
+    Search.objects.create(user=make_user("bob"), text="fishing net", k=4, status=Search.Status.DONE, proxy_set=net)
     for text in ("harbour crane", "lighthouse"):
         assert api(ann).post("/api/searches/", {"text": text, "k": 4}, format="json").status_code == 202
 
@@ -48,14 +56,15 @@ def test_only_searches_that_generate_count_against_the_hourly_quota(ann, space, 
     assert refused.json()["detail"].startswith(
         "You have run 2 searches that generate new images in the last hour, the most this site allows (2).")
     assert int(refused["Retry-After"]) > 0
-    # A category whose proxies are cached costs no GPU time: still allowed, and so is text only.
+    # Bob's cached "fishing net" does not make it free for Ann (it would tell her Bob searched it);
+    # her own cached category costs no GPU time: still allowed, and so is text only.
     assert api(ann).post("/api/searches/", {"text": "Sailboat", "k": 4}, format="json").status_code == 202
     assert api(ann).post("/api/searches/", {"text": "fishing net", "text_only": True}, format="json").status_code == 202
     # The page says the same, with the same status.
     client.force_login(ann)
     page = client.post("/search/", {"text": "fishing net", "k": "4", "seed": "0"})
     assert page.status_code == 429 and "the most this site allows (2)" in page.content.decode()
-    assert Search.objects.filter(text="fishing net", text_only=False).count() == 0
+    assert Search.objects.filter(user=ann, text="fishing net", text_only=False).count() == 0
 
 
 def test_finished_searches_with_cached_proxies_do_not_count(ann, space, settings):

@@ -277,6 +277,39 @@ def planted_proxy_set(space: EmbeddingSpace, text: str, features: np.ndarray, se
     )
 
 
+def test_a_user_never_learns_from_the_cache_that_someone_else_searched(tiny, ann, library, make_user):
+    """Bob's first search of a category Ann searched before looks, in every field he can read
+    and on a stopwatch, like a search that generated its proxies; his second one is cached."""
+    import time
+
+    rng = np.random.default_rng(4)
+    plant(tiny, library, np.concatenate([unit_rows(rng, 20, 32), unit_rows(rng, 20, 32)], axis=1))
+    bob = make_user("bob")
+    Library.objects.filter(pk=library.pk).update(owner=ann)
+    LibraryMembership.objects.create(library=library, user=bob, role=LibraryMembership.Role.VIEWER)
+    first = new_search(ann, "dog")
+    run_search(first.pk)
+    ProxySet.objects.filter(pk=Search.objects.get(pk=first.pk).proxy_set_id).update(
+        generation_seconds=0.6, embedding_seconds=0.2)  # what making it cost (tiny models make it in ms)
+
+    hers = new_search(bob, "Dog")
+    started = time.monotonic()
+    run_search(hers.pk)
+    took = time.monotonic() - started
+    hers.refresh_from_db()
+    assert len(tiny.generator_calls.calls) == 1  # the GPU made the set once
+    assert hers.proxy_set_id == Search.objects.get(pk=first.pk).proxy_set_id
+    assert (hers.timings["proxies_cached"], hers.timings["text_cached"]) == (False, False)
+    assert (hers.timings["generation"], hers.timings["proxy_embedding"]) == (0.6, 0.2)
+    assert took >= 0.8  # as long as making the set took
+
+    again = new_search(bob, "dog")
+    run_search(again.pk)
+    again.refresh_from_db()
+    assert (again.timings["proxies_cached"], again.timings["text_cached"], again.timings["generation"]) == (
+        True, True, 0.0)
+
+
 def test_normalise_query_and_seeds():
     assert normalise_query("  Golden\tRetriever \n ") == "golden retriever"
     assert normalise_query("STRASSE") == normalise_query("straße")
@@ -380,7 +413,10 @@ def test_switching_off_a_proxy_and_adding_a_negative_rerank_as_planted(tiny, ann
     parent = new_search(ann, lambda_override=0.5, top_n=6)
     run_search(parent.pk)
     parent.refresh_from_db()
-    assert parent.timings["proxies_cached"] is True and tiny.generator_calls.calls == []
+    # A planted set that none of Ann's searches used: nothing generated, but for Ann it is not
+    # "cached" (cache_privacy); it cost nothing to make, so nothing is waited out.
+    assert parent.timings["proxies_cached"] is False and tiny.generator_calls.calls == []
+    assert parent.timings["generation"] == 0.0
     # q = (e0+e1+e2+e3)/2: the four proxy photos tie at λ·0.5 (ties by id), P4 and P5 score 0.
     assert [r.asset_id for r in results(parent)] == p
     assert image_scores(parent) == pytest.approx({**{i: 0.25 for i in p[:4]}, p[4]: 0.0, p[5]: 0.0})
