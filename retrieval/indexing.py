@@ -18,6 +18,7 @@ from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 from PIL import Image, ImageOps
 
+from assets.imaging import to_rgb8
 from assets.models import Asset, Library
 
 from .models import AssetEmbedding, EmbeddingSpace, IndexingFailure
@@ -105,11 +106,13 @@ def load_photo_for_embedding(path: str) -> Image.Image:
         scale = MIN_SHORT_SIDE / min(image.size)
         if image.format == "JPEG" and scale < 1:
             image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
-        upright = ImageOps.exif_transpose(image)
+        # 8-bit RGB with the tones kept (a 16-bit grey is not clipped to white), before reducing:
+        # Pillow reduces no 16-bit mode.
+        upright = to_rgb8(ImageOps.exif_transpose(image))
         factor = min(upright.size) // MIN_SHORT_SIDE
         if factor >= 2:
             upright = upright.reduce(factor)  # a box filter: fast, no aliasing; encoders resize the rest
-        return upright.convert("RGB")
+        return upright
 
 
 def embed_batch(space: EmbeddingSpace, encoders, batch_size: int) -> tuple[int, int]:

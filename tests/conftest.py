@@ -187,6 +187,7 @@ def tiny_generator(tiny_model_dir):
 def media_root(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.MEDIA_ROOT.mkdir()
+    settings.FILE_UPLOAD_TEMP_DIR = str(settings.MEDIA_ROOT / "incoming")
     return settings.MEDIA_ROOT
 
 

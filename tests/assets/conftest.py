@@ -18,6 +18,7 @@ def media_root(settings, tmp_path):
     root = tmp_path / "media"
     root.mkdir()
     settings.MEDIA_ROOT = root
+    settings.FILE_UPLOAD_TEMP_DIR = str(root / "incoming")
     return root
 
 

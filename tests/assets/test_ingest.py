@@ -59,7 +59,7 @@ def test_outcome_as_dict(library):
     assert outcome == IngestOutcome("notes.txt", "rejected", None, "not_an_image", "This file is not an image.")
     assert outcome.as_dict() == {
         "name": "notes.txt", "status": "rejected", "asset_id": None,
-        "reason": "not_an_image", "message": "This file is not an image.",
+        "reason": "not_an_image", "message": "This file is not an image.", "archive": None,
     }
 
 
@@ -105,7 +105,7 @@ def test_bad_files_are_rejected_with_reason(settings, library, owner, media_root
     outcome = ingest_file(library, io.BytesIO(data()), "upload.bin", uploaded_by=owner)
 
     assert outcome.as_dict() == {"name": "upload.bin", "status": "rejected", "asset_id": None,
-                                 "reason": reason, "message": message}
+                                 "reason": reason, "message": message, "archive": None}
     rejected = RejectedFile.objects.get()
     assert (rejected.library, rejected.uploaded_by, rejected.original_name) == (library, owner, "upload.bin")
     assert (rejected.reason, rejected.message) == (reason, message)
