@@ -5,7 +5,8 @@ handle, an exception it re-raises or an error outside a view (no route, the CSRF
 exception in a middleware), Django answers with an HTML page: its debug page when DEBUG is on
 (190 KB for one API call), its error templates otherwise. ApiErrorsAsJson catches both for
 paths under /api/: an unexpected exception becomes a logged 500 `{"detail": ...}`, and any
-other error page is replaced by `{"detail": <the status's reason>}` with the same status.
+other error page is replaced by `{"detail": "Not found."}` (the status's reason) with the same
+status.
 """
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ class ApiErrorsAsJson:
             and response.status_code >= 400
             and not response.get("Content-Type", "").startswith("application/json")
         ):
-            return JsonResponse({"detail": response.reason_phrase + "."}, status=response.status_code,
-                                headers=_kept_headers(response))
+            detail = SERVER_ERROR_DETAIL if response.status_code >= 500 else response.reason_phrase.capitalize() + "."
+            return JsonResponse({"detail": detail}, status=response.status_code, headers=_kept_headers(response))
         return response
 
     def process_exception(self, request, exception):

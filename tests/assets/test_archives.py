@@ -115,6 +115,39 @@ def test_highly_compressed_entry_is_refused_as_zip_bomb(library):
     ]
 
 
+def zipbomb() -> io.BytesIO:
+    """The hostile walk's zipbomb.zip: ~300 KB holding one 300 MB entry of zeros."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("dir/x.jpg", "w", force_zip64=True) as entry:
+            for _ in range(300):
+                entry.write(b"\0" * 1_000_000)
+    out.seek(0)
+    return out
+
+
+def test_zipbomb_over_the_upload_limit_is_called_a_zip_bomb(library):
+    upload = zipbomb()
+    assert len(upload.getvalue()) < 400_000
+
+    outcomes = ingest_upload(library, upload, "zipbomb.zip")
+
+    assert [o.as_dict() for o in outcomes] == [{
+        "name": "dir/x.jpg", "status": "rejected", "asset_id": None, "reason": "zip_bomb", "archive": "zipbomb.zip",
+        "message": "The entry is compressed more than 100 times, like a zip bomb; it was not extracted.",
+    }]
+    assert list(RejectedFile.objects.values_list("original_name", "reason")) == [("zipbomb.zip: dir/x.jpg", "zip_bomb")]
+
+
+def test_archive_that_expands_past_the_limit_like_a_bomb_is_a_zip_bomb(settings, library):
+    settings.CLETIR_MAX_ARCHIVE_BYTES = 2_000_000
+    upload = make_zip({f"{i}.tif": b"\0" * 1_000_000 for i in range(3)})
+    outcomes = ingest_upload(library, upload, "bombs.zip")
+    assert [(o.name, o.reason) for o in outcomes] == [("bombs.zip", "zip_bomb")]
+    assert outcomes[0].message.startswith("The archive expands to 3 MB from ")
+    assert outcomes[0].message.endswith(", more than 100 times, like a zip bomb; nothing was extracted.")
+
+
 def test_archive_over_the_size_limit_is_refused_whole(settings, library):
     settings.CLETIR_MAX_ARCHIVE_BYTES = 5000
     upload = make_zip({"a.jpg": image_bytes("JPEG", seed=1), "b.png": image_bytes("PNG", seed=2)})

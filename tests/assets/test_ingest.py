@@ -152,6 +152,20 @@ def test_exif_capture_time_of_a_heic(library):
     assert asset.taken_at == dt.datetime(2023, 7, 1, 22, 30, tzinfo=dt.timezone.utc)
 
 
+def test_capture_time_falls_back_to_exif_datetime(settings, library):
+    settings.TIME_ZONE = "Europe/Paris"
+    scanned = image_bytes("JPEG", seed=1, exif=exif_with(changed="2019:03:04 10:11:12"))
+    asset = Asset.objects.get(pk=ingest_file(library, io.BytesIO(scanned), "scan.jpg").asset_id)
+    assert asset.taken_at == dt.datetime(2019, 3, 4, 10, 11, 12, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"))
+
+
+def test_exif_datetime_is_only_the_last_fallback(library):
+    edited = image_bytes("JPEG", seed=2, exif=exif_with(taken="2021:05:06 07:08:09", offset="+00:00",
+                                                         changed="2024:01:01 00:00:00"))
+    asset = Asset.objects.get(pk=ingest_file(library, io.BytesIO(edited), "edited.jpg").asset_id)
+    assert asset.taken_at == dt.datetime(2021, 5, 6, 7, 8, 9, tzinfo=dt.timezone.utc)
+
+
 def test_unset_camera_clock_gives_no_capture_time(library):
     data = image_bytes("JPEG", exif=exif_with(taken="0000:00:00 00:00:00"))
     assert Asset.objects.get(pk=ingest_file(library, io.BytesIO(data), "a.jpg").asset_id).taken_at is None
