@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from django.db.models import Count
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, PermissionDenied, Throttled, ValidationError
@@ -89,6 +90,20 @@ def require_access(user, library, need: Access) -> None:
         raise PermissionDenied(f"You need {need.name.lower()} access to this library.")
 
 
+_CONFLICT_DETAIL = inline_serializer("ConflictDetail", {"detail": serializers.CharField()})
+
+
+def busy_delete(what: str):
+    """The schema of a delete that may answer 409 (assets.services.DeleteBusy)."""
+    return extend_schema(responses={
+        204: None,
+        409: OpenApiResponse(_CONFLICT_DETAIL, description=(
+            f"The {what} could not be locked in time (its photos are being processed); nothing was deleted. "
+            "Try again in a moment.")),
+    })
+
+
+@extend_schema_view(destroy=busy_delete("library"))
 class LibraryViewSet(viewsets.ModelViewSet):
     serializer_class = LibrarySerializer
     pagination_class = None  # a user has few libraries
@@ -123,8 +138,13 @@ class LibraryViewSet(viewsets.ModelViewSet):
 
     @extend_schema(
         request={"multipart/form-data": inline_serializer("PhotoUpload", {"files": serializers.ListField(child=serializers.FileField())})},
-        responses={200: UploadResultSerializer, 400: UploadResultSerializer, 409: UploadResultSerializer,
-                   500: UploadResultSerializer},
+        responses={
+            200: UploadResultSerializer,
+            400: OpenApiResponse(OpenApiTypes.OBJECT, description=(
+                "No files sent ({\"files\": [message]}), or a file did not arrive whole: then the body is an "
+                "upload result (UploadResult) whose `not_received` files failed")),
+            409: UploadResultSerializer, 500: UploadResultSerializer,
+        },
         description=UPLOAD_DESCRIPTION,
     )
     @action(detail=True, methods=["post"], parser_classes=[MultiPartParser, FormParser])
@@ -172,6 +192,7 @@ class LibraryViewSet(viewsets.ModelViewSet):
         return Response(MembershipSerializer(rows, many=True).data)
 
 
+@extend_schema_view(destroy=busy_delete("photo"))
 class AssetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
     serializer_class = AssetSerializer
     pagination_class = PhotoPagination

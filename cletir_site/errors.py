@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 from django.core.exceptions import BadRequest, PermissionDenied, RequestDataTooBig, SuspiciousOperation
+from django.core.signals import got_request_exception
 from django.http import Http404, JsonResponse
 from django.utils.log import log_response
 from django.views import defaults
@@ -49,7 +50,9 @@ class ApiErrorsAsJson:
         status, detail = _status_of(exception)
         response = JsonResponse({"detail": detail}, status=status)
         if status >= 500:
-            # What Django would have logged for the page it no longer renders.
+            # What Django does for the page it no longer renders: error reporters listen to the
+            # signal, and the traceback is logged.
+            got_request_exception.send(sender=None, request=request)
             log_response("%s: %s", "Internal Server Error", request.path, response=response, request=request,
                          exception=exception)
         elif isinstance(exception, SuspiciousOperation):
