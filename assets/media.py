@@ -46,7 +46,7 @@ from typing import TypeVar
 from django.apps import apps
 from django.conf import settings
 from django.core.files.storage import default_storage
-from django.db import DatabaseError, connection, models, transaction
+from django.db import connection, models, transaction
 from django.utils import timezone
 
 from .models import PendingFile
@@ -181,7 +181,7 @@ def settle_quietly(ids: list[int]) -> None:
         return
     try:
         settle_pending(ids)
-    except DatabaseError:
+    except Exception:  # never mask what went wrong before (this runs in exception handlers)
         logger.warning("could not settle %d pending files now; the sweeper will", len(ids), exc_info=True)
 
 

@@ -1,8 +1,9 @@
 """Error answers: the API answers in JSON, in every mode, whatever failed.
 
-DRF answers its own errors (validation, permissions, throttling) in JSON. What it does not
-handle, an exception it re-raises or an error outside a view (no route, the CSRF check, an
-exception in a middleware), Django answers with an HTML page: its debug page when DEBUG is on
+DRF answers its own errors (validation, permissions, throttling) in JSON (or its browsable
+page, when a browser asks for HTML). What it does not handle, an exception it re-raises or an
+error outside a view (no route, the CSRF check, an exception in a middleware), Django answers
+with an HTML page: its debug page when DEBUG is on
 (190 KB for one API call), its error templates otherwise. ApiErrorsAsJson catches both for
 paths under /api/: an unexpected exception becomes a logged 500 `{"detail": ...}`, and any
 other error page is replaced by `{"detail": "Not found."}` (the status's reason) with the same
@@ -17,6 +18,7 @@ from django.core.signals import got_request_exception
 from django.http import Http404, JsonResponse
 from django.utils.log import log_response
 from django.views import defaults
+from rest_framework.response import Response
 
 API_PREFIX = "/api/"
 SERVER_ERROR_DETAIL = "The server failed to answer this request; it has been logged. Try again later."
@@ -38,6 +40,7 @@ class ApiErrorsAsJson:
         if (
             request.path.startswith(API_PREFIX)
             and response.status_code >= 400
+            and not isinstance(response, Response)  # DRF's own answers follow content negotiation
             and not response.get("Content-Type", "").startswith("application/json")
         ):
             detail = SERVER_ERROR_DETAIL if response.status_code >= 500 else response.reason_phrase.capitalize() + "."

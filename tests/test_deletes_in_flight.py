@@ -86,19 +86,17 @@ class InFlight:
 class SlowEncoders:
     """The encoders, slow: the indexing batch holds its claim (and is about to insert vectors)."""
 
-    def __init__(self, flight_holder):
-        self.flight_holder = flight_holder
+    def __init__(self, flight: InFlight):
+        self.flight = flight
 
     def encode_photos(self, images):
-        self.flight_holder[0].pause()
+        self.flight.pause()
         n = len(images)
         return np.full((n, 2), 0.5 ** 0.5, np.float32), np.full((n, 2), 0.5 ** 0.5, np.float32)
 
 
 def test_library_delete_during_an_indexing_batch_waits_and_removes_the_new_vectors(library, space, media_root):
-    holder = []
-    indexing = InFlight(lambda flight: embed_batch(space, SlowEncoders(holder), batch_size=10))
-    holder.append(indexing)
+    indexing = InFlight(lambda flight: embed_batch(space, SlowEncoders(flight), batch_size=10))
     indexing.paused.wait(10)
 
     response = api(library.owner).delete(f"/api/libraries/{library.pk}/")
@@ -113,18 +111,17 @@ def test_library_delete_during_an_indexing_batch_waits_and_removes_the_new_vecto
 def test_photo_delete_during_its_renditions_leaves_no_rendition_file(library, media_root, monkeypatch):
     photo = Asset.objects.order_by("pk").first()
     real_to_rgb8 = renditions.to_rgb8
-    calls = []
 
-    def converting_slowly(image, keep_alpha=False):
-        if not calls:
-            calls.append(1)
-            holder[0].pause()
-        return real_to_rgb8(image, keep_alpha)
+    def render(flight: InFlight):
+        def converting_slowly(image, keep_alpha=False):  # the photo is decoded; nothing is stored yet
+            monkeypatch.setattr(renditions, "to_rgb8", real_to_rgb8)
+            flight.pause()
+            return real_to_rgb8(image, keep_alpha)
 
-    monkeypatch.setattr(renditions, "to_rgb8", converting_slowly)
-    holder = []
-    rendering = InFlight(lambda flight: renditions.make_renditions(photo.pk))
-    holder.append(rendering)
+        monkeypatch.setattr(renditions, "to_rgb8", converting_slowly)
+        return renditions.make_renditions(photo.pk)
+
+    rendering = InFlight(render)
     rendering.paused.wait(10)
 
     response = api(library.owner).delete(f"/api/assets/{photo.pk}/")

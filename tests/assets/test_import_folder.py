@@ -96,22 +96,9 @@ def test_unknown_owner_is_an_error(tree):
         run(str(tree), "--library", "X", "--owner", "nobody")
 
 
-def test_import_stops_with_the_reason_when_the_database_fails(tree, make_user, monkeypatch):
-    from django.db import OperationalError
-
-    from assets import ingest
-
+def test_import_stops_with_the_reason_when_the_database_fails(tree, make_user, monkeypatch,
+                                                               database_fails_after_one_photo):
     make_user("ann")
-    calls = []
-    real_save = ingest._save_stored
-
-    def database_gone_after_the_first(asset):
-        calls.append(asset)
-        if len(calls) > 1:
-            raise OperationalError("the database system is shutting down")
-        real_save(asset)
-
-    monkeypatch.setattr(ingest, "_save_stored", database_gone_after_the_first)
     out, err = io.StringIO(), io.StringIO()
     with pytest.raises(CommandError, match="import stopped: The server failed while storing this file"):
         call_command("import_folder", str(tree), "--library", "Archive", "--owner", "ann", stdout=out, stderr=err)
