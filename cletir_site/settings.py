@@ -57,9 +57,10 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    # Outermost but one: it turns every error answer under /api/ into JSON, debug pages too.
-    "cletir_site.errors.ApiErrorsAsJson",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # Outside everything that may answer an error page (CSRF, the views): every error answer
+    # under /api/ becomes JSON, debug pages too.
+    "cletir_site.errors.ApiErrorsAsJson",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
