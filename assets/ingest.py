@@ -23,8 +23,9 @@ together with its row (assets.media.place_files: a kill at any instant leaves bo
 The unique constraint on (library, sha256) is the arbiter between concurrent uploads of the
 same photo: the row is inserted before the file moves, so the loser gets an IntegrityError
 with its file still temporary, and reports a duplicate of the winner. A library deleted
-meanwhile fails the insert on its foreign key (the delete holds the library's row lock until it
-commits): the file is not placed and the outcome says `library_deleted`. Work that follows a
+meanwhile fails the commit on the photo's foreign key (checked at commit; the delete holds the
+library's row lock until it commits, so the check waits for it): the file placed for it is
+removed again and the outcome says `library_deleted`. Work that follows a
 stored photo (thumbnails, the `asset_stored` signal that retrieval turns into embedding) is
 queued with transaction.on_commit and passes the id only.
 """

@@ -11,8 +11,10 @@ rows and files that agree, or a record that says what to clean up:
 1. a PendingFile naming the final path is committed;
 2. one transaction saves the caller's rows, renames the temporary files into place and deletes
    the PendingFile. The rows are saved *before* any file moves, so a unique constraint (a
-   concurrent upload of the same photo) or a parent deleted meanwhile (a library, a photo)
-   fails while the files are still temporary: the loser never touches the winner's file.
+   concurrent upload of the same photo) fails while the files are still temporary: the loser
+   never touches the winner's file. A parent deleted meanwhile (a library, a photo) fails the
+   commit (Django's foreign keys are checked when the transaction commits): the file that was
+   moved is removed again at once, no row naming it.
 
 Killed before step 2 commits, the PendingFile stays, with the file perhaps already in place and
 no row naming it. **Removing the files of deleted rows** is the same in reverse: the transaction

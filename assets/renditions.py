@@ -5,7 +5,7 @@ not made again, so a retried or duplicated task does no work twice. Files are wr
 name derived from the photo's hash and the rendition name and placed together with their row
 (assets.media.place_files): the row is inserted before the file moves, so of two workers racing
 on one photo the loser's insert fails and its file is dropped, and a photo deleted meanwhile
-fails the insert on its foreign key, leaving no file behind.
+fails the commit on its foreign key: the file placed for it is removed again.
 
 The source is decoded once per task, at the smallest size that still serves the largest missing
 rendition (JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale for free), EXIF orientation is

@@ -1,8 +1,8 @@
 """Operations that remove photos: rows and files together, whatever else is running.
 
 A delete locks before it looks. A library delete first locks the library's row (an upload's
-insert of a photo waits on it, then fails on its foreign key and answers `library_deleted`),
-then the photos' rows, in id order (`FOR UPDATE`): an indexing batch or a thumbnail that holds
+photo, whose foreign key Postgres checks when it commits, waits for it there and then fails:
+`library_deleted`), then the photos' rows, in id order (`FOR UPDATE`): an indexing batch or a thumbnail that holds
 or references a photo commits first, and only then does the delete collect what refers to the
 photo (vectors, renditions, album entries). Collecting first, as a plain cascade does, misses
 the vectors a running batch inserts and fails on their foreign key.
