@@ -2,15 +2,28 @@
 from __future__ import annotations
 
 from django.db.models import Count
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, PermissionDenied, Throttled, ValidationError
+from rest_framework.exceptions import APIException, NotFound, PermissionDenied, Throttled, ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 
-from .ingest import ingest_upload
+from .ingest import (
+    DUPLICATE,
+    FAILED,
+    LIBRARY_DELETED,
+    NOT_RECEIVED,
+    REJECTED,
+    SERVER_ERROR,
+    SKIPPED,
+    STORED,
+    IngestOutcome,
+    Ingestion,
+    failed,
+)
 from .limits import UploadQuotaExceeded, check_upload_quota
 from .models import PHOTO_SORTS, Asset, LibraryMembership
 from .permissions import Access, access_to, libraries_visible_to
@@ -22,7 +35,46 @@ from .serializers import (
     RejectedFileSerializer,
     UploadResultSerializer,
 )
-from .services import delete_assets, delete_library
+from .services import DeleteBusy, delete_assets, delete_library
+from .uploads import files_cut_off
+
+# The HTTP status of an upload whose files did not all get a final outcome, worst first. The
+# body lists every file whatever the status.
+UPLOAD_FAILURE_STATUS = {
+    SERVER_ERROR: status.HTTP_500_INTERNAL_SERVER_ERROR,
+    LIBRARY_DELETED: status.HTTP_409_CONFLICT,
+    NOT_RECEIVED: status.HTTP_400_BAD_REQUEST,
+}
+UPLOAD_DESCRIPTION = (
+    "Add photos (JPEG, PNG, WebP, TIFF, GIF, HEIC/HEIF) or zip archives of photos, in the multipart "
+    "field `files` (one or many). Every file, and every entry of an archive, gets an outcome in "
+    "`results`, whatever the HTTP status: `stored` (asset_id: the new photo), `duplicate` (asset_id: "
+    "the photo with the same bytes already in the library), `rejected` (the file is refused: reason "
+    "and message), `skipped` (archive entries that are desktop metadata: reason `not_a_photo`) or "
+    "`failed` (the server kept nothing of the file; send it again): reason `server_error`, "
+    "`library_deleted` or `not_received` (the request ended before the file arrived whole). Entries "
+    "of an archive name it in `archive`. The status is 200 unless a file failed: 500 when one failed "
+    "with `server_error`, else 409 for `library_deleted`, else 400 for `not_received`; the files "
+    "stored before the failure stay stored."
+)
+
+
+class Conflict(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The request conflicts with work in progress; try again."
+    default_code = "conflict"
+
+
+def upload_result(outcomes: list[IngestOutcome]) -> tuple[dict, int]:
+    """The body and HTTP status of an upload (UPLOAD_DESCRIPTION)."""
+    def count(state: str) -> int:
+        return sum(o.status == state for o in outcomes)
+
+    counts = {"stored": count(STORED), "duplicates": count(DUPLICATE), "rejected": count(REJECTED),
+              "skipped": count(SKIPPED), "failed": count(FAILED)}
+    reasons = {o.reason for o in outcomes if o.status == FAILED}
+    code = next((code for reason, code in UPLOAD_FAILURE_STATUS.items() if reason in reasons), status.HTTP_200_OK)
+    return {**counts, "results": [o.as_dict() for o in outcomes]}, code
 
 
 class PhotoPagination(PageNumberPagination):
@@ -70,6 +122,20 @@ def require_access(user, library, need: Access) -> None:
         raise PermissionDenied(f"You need {need.name.lower()} access to this library.")
 
 
+_CONFLICT_DETAIL = inline_serializer("ConflictDetail", {"detail": serializers.CharField()})
+
+
+def busy_delete(what: str):
+    """The schema of a delete that may answer 409 (assets.services.DeleteBusy)."""
+    return extend_schema(responses={
+        204: None,
+        409: OpenApiResponse(_CONFLICT_DETAIL, description=(
+            f"The {what} could not be locked in time (its photos are being processed); nothing was deleted. "
+            "Try again in a moment.")),
+    })
+
+
+@extend_schema_view(destroy=busy_delete("library"))
 class LibraryViewSet(viewsets.ModelViewSet):
     serializer_class = LibrarySerializer
     pagination_class = None  # a user has few libraries
@@ -97,33 +163,39 @@ class LibraryViewSet(viewsets.ModelViewSet):
 
     def perform_destroy(self, instance):
         require_access(self.request.user, instance, Access.OWN)
-        delete_library(instance)
+        try:
+            delete_library(instance)
+        except DeleteBusy as busy:
+            raise Conflict(f"The library was not deleted. {busy.message}") from None
 
     @extend_schema(
         request={"multipart/form-data": inline_serializer("PhotoUpload", {"files": serializers.ListField(child=serializers.FileField())})},
-        responses=UploadResultSerializer,
-        description="Add photos (JPEG, PNG, WebP, TIFF, GIF, HEIC/HEIF) or zip archives of photos. "
-        "Every file gets an outcome: stored, duplicate (with the existing photo's id) or rejected (with a reason).",
+        responses={
+            200: UploadResultSerializer,
+            400: OpenApiResponse(OpenApiTypes.OBJECT, description=(
+                "No files sent ({\"files\": [message]}), or a file did not arrive whole: then the body is an "
+                "upload result (UploadResult) whose `not_received` files failed")),
+            409: UploadResultSerializer, 500: UploadResultSerializer,
+        },
+        description=UPLOAD_DESCRIPTION,
     )
     @action(detail=True, methods=["post"], parser_classes=[MultiPartParser, FormParser])
     def upload(self, request, pk=None):
         library = self.get_object()
         require_access(request.user, library, Access.EDIT)
         files = request.FILES.getlist("files") + request.FILES.getlist("file")
-        if not files:
+        cut_off = files_cut_off(request)  # the request's body ended inside these
+        if not files and not cut_off:
             raise ValidationError({"files": ["No files: send one or more files in the 'files' field."]})
         try:
             check_upload_quota(request.user, len(files))
         except UploadQuotaExceeded as exc:
             raise Throttled(wait=exc.retry_after_seconds, detail=exc.message) from None
-        outcomes = [o for f in files for o in ingest_upload(library, f, f.name, uploaded_by=request.user)]
-        body = {
-            "stored": sum(o.status == "stored" for o in outcomes),
-            "duplicates": sum(o.status == "duplicate" for o in outcomes),
-            "rejected": sum(o.status == "rejected" for o in outcomes),
-            "results": [o.as_dict() for o in outcomes],
-        }
-        return Response(body, status=status.HTTP_200_OK)
+        ingestion = Ingestion(library, uploaded_by=request.user)
+        outcomes = [o for f in files for o in ingestion.upload(f, f.name)]
+        outcomes += [failed(name, NOT_RECEIVED) for name in cut_off]  # the body ended with them
+        body, code = upload_result(outcomes)
+        return Response(body, status=code)
 
     @extend_schema(responses=RejectedFileSerializer(many=True))
     @action(detail=True, methods=["get"], pagination_class=PhotoPagination)
@@ -169,6 +241,7 @@ class LibraryViewSet(viewsets.ModelViewSet):
         return Response(MembershipSerializer(membership).data)
 
 
+@extend_schema_view(destroy=busy_delete("photo"))
 class AssetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
     serializer_class = AssetSerializer
     pagination_class = PhotoPagination
@@ -195,4 +268,7 @@ class AssetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
 
     def perform_destroy(self, instance):
         require_access(self.request.user, instance.library, Access.EDIT)
-        delete_assets(Asset.objects.filter(pk=instance.pk))
+        try:
+            delete_assets(Asset.objects.filter(pk=instance.pk))
+        except DeleteBusy as busy:
+            raise Conflict(f"The photo was not deleted. {busy.message}") from None

@@ -7,12 +7,13 @@ archive (absolute paths, drive letters, backslashes, `..`) are refused as `unsaf
 upload report tells the user the archive is suspicious.
 
 Zip bombs are bounded three ways before any byte is decompressed: the number of entries and the
-total declared uncompressed size of the archive (`archive_too_large`, the whole archive is
-refused), and each entry's compression ratio (`zip_bomb`, that entry is refused). An archive with
-nothing to report on (empty, or only folders and desktop metadata) is `empty_archive`, so the
-upload still gets an answer. Declared sizes
-can be trusted as a bound: Python's zipfile never returns more than an entry's declared size
-and fails the CRC check when the data does not match it.
+total declared uncompressed size of the archive (the whole archive is refused: `zip_bomb` when
+it is also compressed like one, else `archive_too_large`), and each entry's compression ratio
+(`zip_bomb`, that entry is refused). The ratio is judged before the entry's size, so a bomb is
+called a bomb even when it would also be over the upload limit. Declared sizes can be trusted
+as a bound: Python's zipfile never returns more than an entry's declared size and fails the CRC
+check when the data does not match it. Desktop metadata (`__MACOSX/`, `.DS_Store`, ...) is
+listed as skipped, so the user sees it was looked at; folders are left out.
 """
 from __future__ import annotations
 
@@ -50,6 +51,14 @@ def zip_bomb() -> FileRejected:
     )
 
 
+def archive_bomb(total: int, compressed: int) -> FileRejected:
+    return FileRejected(
+        "zip_bomb",
+        f"The archive expands to {human_bytes(total)} from {human_bytes(compressed)}, "
+        f"more than {MAX_COMPRESSION_RATIO} times, like a zip bomb; nothing was extracted.",
+    )
+
+
 def too_many_entries(count: int, limit: int) -> FileRejected:
     return FileRejected("archive_too_large", f"The archive has {count:,} entries, more than the limit of {limit:,}.")
 
@@ -67,6 +76,10 @@ def empty_archive() -> FileRejected:
 
 def encrypted() -> FileRejected:
     return FileRejected("unsupported_format", "Encrypted archive entries are not supported.")
+
+
+def _bomb_ratio(expanded: int, compressed: int) -> bool:
+    return expanded > MAX_COMPRESSION_RATIO * max(compressed, 1)
 
 
 def is_zip(fileobj: IO[bytes], name: str) -> bool:
@@ -108,6 +121,7 @@ class ArchiveEntry:
     name: str  # as stored in the archive, used as the photo's original_name
     info: zipfile.ZipInfo
     rejection: FileRejected | None  # set when the entry is refused without being read
+    skipped: bool = False  # desktop metadata: reported, not read
 
 
 class EntryStream:
@@ -152,11 +166,14 @@ class ZipArchive:
         total = sum(info.file_size for info in infos if not info.is_dir())
         max_bytes = settings.CLETIR_MAX_ARCHIVE_BYTES
         if total > max_bytes:
+            compressed = sum(info.compress_size for info in infos if not info.is_dir())
+            if _bomb_ratio(total, compressed):
+                raise archive_bomb(total, compressed)
             raise expands_too_much(total, max_bytes)
         self._infos = infos
 
     def entries(self) -> Iterator[ArchiveEntry]:
-        """The entries to report on, in archive order; folders and desktop metadata are left out."""
+        """The entries to report on, in archive order; folders are left out."""
         max_file = settings.CLETIR_MAX_UPLOAD_BYTES
         for info in self._infos:
             name = info.filename
@@ -164,18 +181,18 @@ class ZipArchive:
                 # Checked before skipping, so `../.hidden` is reported rather than ignored.
                 yield ArchiveEntry(name, info, unsafe_path())
                 continue
-            if info.is_dir() or is_skipped_name(name):
+            if info.is_dir():
+                continue
+            if is_skipped_name(name):
+                yield ArchiveEntry(name, info, None, skipped=True)
                 continue
             rejection = None
             if info.flag_bits & 0x1:
                 rejection = encrypted()
+            elif info.file_size >= RATIO_CHECK_MIN_BYTES and _bomb_ratio(info.file_size, info.compress_size):
+                rejection = zip_bomb()
             elif info.file_size > max_file:
                 rejection = too_large(max_file)
-            elif (
-                info.file_size >= RATIO_CHECK_MIN_BYTES
-                and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1)
-            ):
-                rejection = zip_bomb()
             yield ArchiveEntry(name, info, rejection)
 
     def open(self, entry: ArchiveEntry) -> EntryStream:

@@ -1,4 +1,5 @@
-"""Open and validate one image file: what it is, how big, when it was taken, or why it is refused.
+"""Open and validate one image file: what it is, how big, when it was taken, or why it is refused;
+and `to_rgb8`, the one way a decoded photo becomes 8-bit RGB (renditions and indexing both use it).
 
 Accepted: JPEG (and MPO, the multi-picture JPEG that many cameras write), PNG, WebP, TIFF, GIF
 (first frame) and HEIC/HEIF (pillow-heif). Every other format Pillow can identify (BMP, ICO,
@@ -16,6 +17,7 @@ import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pillow_heif
 from django.conf import settings
 from PIL import ExifTags, Image, UnidentifiedImageError
@@ -179,8 +181,6 @@ def _decode_or_reject(step, limit: int) -> None:
     except Exception:
         raise corrupt() from None
 
-            # Decode at 1/8 scale: libjpeg still reads every scan, so truncation shows, at a
-            # fraction of the cost of a full decode.
 def _read_exif(im: Image.Image) -> Image.Exif | None:
     # A broken EXIF block is common in old scans and edited files; it costs the metadata only.
     try:
@@ -199,18 +199,21 @@ def _orientation(exif: Image.Exif | None) -> int:
 
 
 def _taken_at(exif: Image.Exif | None) -> dt.datetime | None:
-    """EXIF capture time: DateTimeOriginal (+ OffsetTimeOriginal), else DateTimeDigitized."""
+    """EXIF capture time: DateTimeOriginal (+ OffsetTimeOriginal), else DateTimeDigitized, else
+    DateTime (IFD0, 0x0132: the file's last change, which is the capture time unless software
+    rewrote the file; scanners and many older cameras write only this one)."""
     if exif is None:
         return None
     try:
         ifd = exif.get_ifd(ExifTags.IFD.Exif)
     except Exception:
-        return None
-    for stamp_tag, offset_tag in (
-        (ExifTags.Base.DateTimeOriginal, ExifTags.Base.OffsetTimeOriginal),
-        (ExifTags.Base.DateTimeDigitized, ExifTags.Base.OffsetTimeDigitized),
+        ifd = {}
+    for stamp, offset in (
+        (ifd.get(ExifTags.Base.DateTimeOriginal), ifd.get(ExifTags.Base.OffsetTimeOriginal)),
+        (ifd.get(ExifTags.Base.DateTimeDigitized), ifd.get(ExifTags.Base.OffsetTimeDigitized)),
+        (exif.get(ExifTags.Base.DateTime), ifd.get(ExifTags.Base.OffsetTime)),
     ):
-        moment = parse_exif_datetime(ifd.get(stamp_tag), ifd.get(offset_tag))
+        moment = parse_exif_datetime(stamp, offset)
         if moment is not None:
             return moment
     return None
@@ -230,3 +233,54 @@ def parse_exif_datetime(stamp: object, offset: object = None) -> dt.datetime | N
         except ValueError:
             pass
     return moment.replace(tzinfo=zoneinfo.ZoneInfo(settings.TIME_ZONE))
+
+
+# One channel of samples wider than 8 bits: scaled into 0-255, never clipped.
+_WIDE_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+# The full scale a wide image evidently uses, tried smallest first: a float image in 0-1, an
+# integer image that holds 8-bit values, 16-bit values (PNG and TIFF greys open as I;16 or I).
+_FULL_SCALES = {"F": (1.0, 255.0, 65535.0), "I": (255.0, 65535.0)}
+_BAND_ROWS = 1024  # wide images are converted in bands of rows: bounded memory on huge scans
+
+
+def to_rgb8(image: Image.Image, keep_alpha: bool = False) -> Image.Image:
+    """`image` as 8-bit RGB with its tones kept, whatever mode Pillow decoded it in.
+
+    With `keep_alpha`, an image with transparency (LA, La, PA, RGBA, RGBa, P or L/RGB with a
+    transparent colour) comes back as RGBA instead; without it, transparent areas are laid on
+    white, as a page shows them. Pillow's own convert() clips samples wider than 8 bits (a
+    16-bit grey of 30000/65535 becomes 255: white); here they are scaled (30000 -> 117). 16-bit
+    modes use 0-65535; 32-bit integers and floats the range their values evidently use (floats
+    0-1, 0-255 or 0-65535; integers 0-255 or 0-65535), else their own minimum to maximum.
+    """
+    if image.mode in _WIDE_MODES:
+        return Image.fromarray(_samples_as_8bit(image)).convert("RGB")
+    if image.mode in ("La", "RGBa"):  # premultiplied alpha: Pillow converts these only to LA, RGBA
+        image = image.convert({"La": "LA", "RGBa": "RGBA"}[image.mode])
+    if image.mode not in ("LA", "PA", "RGBA") and "transparency" not in image.info:
+        return image if image.mode == "RGB" else image.convert("RGB")
+    rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+    if keep_alpha:
+        return rgba
+    flat = Image.new("RGB", rgba.size, (255, 255, 255))
+    flat.paste(rgba, mask=rgba.getchannel("A"))
+    return flat
+
+
+def _samples_as_8bit(image: Image.Image) -> np.ndarray:
+    samples = np.asarray(image)
+    if image.mode.startswith("I;16"):
+        low, high = 0.0, 65535.0
+    else:
+        finite = samples[np.isfinite(samples)] if image.mode == "F" else samples
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        top = next((top for top in _FULL_SCALES[image.mode] if low >= 0 and high <= top), None)
+        if top is not None:
+            low, high = 0.0, top
+    scale = np.float32(255 / (high - low)) if high > low else np.float32(0)
+    out = np.empty(samples.shape, dtype=np.uint8)
+    for start in range(0, samples.shape[0], _BAND_ROWS):
+        band = samples[start:start + _BAND_ROWS].astype(np.float32)
+        band = np.nan_to_num((band - np.float32(low)) * scale, nan=0.0)
+        out[start:start + _BAND_ROWS] = np.clip(np.rint(band), 0, 255)
+    return out

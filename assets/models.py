@@ -60,7 +60,8 @@ class Asset(models.Model):
     uploaded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
-    file = models.FileField(upload_to=asset_upload_path, max_length=500)
+    # Indexed: settling a PendingFile asks "does a row name this file?" (assets.media).
+    file = models.FileField(upload_to=asset_upload_path, max_length=500, db_index=True)
     original_name = models.CharField(max_length=500, blank=True)
     sha256 = models.CharField(max_length=64)
     size_bytes = models.BigIntegerField(default=0)
@@ -103,7 +104,7 @@ class Rendition(models.Model):
 
     asset = models.ForeignKey(Asset, on_delete=models.CASCADE, related_name="renditions")
     name = models.CharField(max_length=32)
-    file = models.FileField(upload_to=rendition_upload_path, max_length=500)
+    file = models.FileField(upload_to=rendition_upload_path, max_length=500, db_index=True)
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
@@ -113,6 +114,27 @@ class Rendition(models.Model):
 
     def __str__(self) -> str:
         return f"{self.asset} ({self.name})"
+
+
+# The folders under MEDIA_ROOT that this app's upload_to functions write into.
+ASSET_MEDIA_FOLDERS = ("libraries", "renditions")
+
+
+class PendingFile(models.Model):
+    """A file under MEDIA_ROOT whose row is not settled yet (assets.media).
+
+    Recorded, and committed, before a file is moved into place for a row that is still being
+    saved, and in the same transaction that deletes a row whose file is to be removed. Deleted
+    in the transaction that saves the row, or once the file is removed. One left behind (the
+    process was killed, the database went away) names a file that may have no row: the sweeper
+    removes that file after a grace period unless a row or another PendingFile names it.
+    """
+
+    name = models.CharField(max_length=500, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class RejectedFile(models.Model):

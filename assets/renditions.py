@@ -2,8 +2,10 @@
 
 Idempotent by state: the renditions a photo already has (one row per (asset, name), unique) are
 not made again, so a retried or duplicated task does no work twice. Files are written to a
-name derived from the photo's hash and the rendition name and renamed into place atomically; two
-workers racing on one photo write the same name and `get_or_create` keeps one row.
+name derived from the photo's hash and the rendition name and placed together with their row
+(assets.media.place_files): the row is inserted before the file moves, so of two workers racing
+on one photo the loser's insert fails and its file is dropped, and a photo deleted meanwhile
+fails the commit on its foreign key: the file placed for it is removed again.
 
 The source is decoded once per task, at the smallest size that still serves the largest missing
 rendition (JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale for free), EXIF orientation is
@@ -17,11 +19,11 @@ import os
 
 from django.conf import settings
 from django.core.files.storage import default_storage
-from django.db import InterfaceError, OperationalError
+from django.db import IntegrityError, InterfaceError, OperationalError
 from PIL import Image, ImageOps
 
-from . import imaging  # noqa: F401  (registers the HEIF opener with Pillow)
-from .media import move_into_media, new_incoming_file, remove_quietly
+from .imaging import to_rgb8  # importing imaging also registers the HEIF opener with Pillow
+from .media import new_incoming_file, place_files, remove_quietly
 from .models import Asset, Rendition, rendition_upload_path
 
 logger = logging.getLogger(__name__)
@@ -35,6 +37,10 @@ _SAVE_OPTIONS = {
     "WEBP": {"quality": 80, "method": 4},
 }
 _SUFFIXES = {"JPEG": "jpg", "WEBP": "webp", "PNG": "png"}
+
+
+class PhotoDeleted(Exception):
+    """The photo went away while its renditions were being made."""
 
 
 def rendition_specs() -> dict[str, dict]:
@@ -59,6 +65,8 @@ def make_renditions(asset_id: int) -> list[str]:
             made = _render(asset, missing)
         except TRANSIENT_ERRORS:
             raise
+        except PhotoDeleted:
+            return []
         except Exception as exc:
             logger.warning("renditions of asset %s failed", asset_id, exc_info=True)
             error = f"{ERROR_PREFIX}{exc or type(exc).__name__}"
@@ -81,7 +89,8 @@ def _render(asset: Asset, specs: dict[str, dict]) -> list[str]:
         if source.format in ("JPEG", "MPO"):
             # Orientation only swaps axes, so a box of the largest side fits either way round.
             source.draft(source.mode, (math.ceil(width * scale), math.ceil(height * scale)))
-        image = _display_mode(ImageOps.exif_transpose(source))
+        # RGB, or RGBA when the photo has transparency (PNG, GIF, WebP, HEIF with alpha).
+        image = to_rgb8(ImageOps.exif_transpose(source), keep_alpha=True)
     for name, spec in sorted(specs.items(), key=lambda item: -item[1]["max_side"]):
         side = spec["max_side"]
         if max(image.size) > side:  # in place: each smaller rendition starts from the last one
@@ -91,32 +100,24 @@ def _render(asset: Asset, specs: dict[str, dict]) -> list[str]:
     return made
 
 
-def _display_mode(image: Image.Image) -> Image.Image:
-    """RGB, or RGBA when the photo has transparency (PNG, GIF, WebP, HEIF with alpha)."""
-    if image.mode in ("RGB", "RGBA"):
-        return image
-    if "A" in image.mode or "transparency" in image.info:
-        return image.convert("RGBA")
-    return image.convert("RGB")
-
-
 def _store(asset: Asset, name: str, file_format: str, image: Image.Image) -> None:
-    if file_format == "JPEG" and image.mode == "RGBA":
-        # JPEG has no alpha: lay transparent areas on white, as a page would show them.
-        flat = Image.new("RGB", image.size, (255, 255, 255))
-        flat.paste(image, mask=image.getchannel("A"))
-        image = flat
+    if file_format == "JPEG":
+        image = to_rgb8(image)  # JPEG has no alpha: transparent areas on white, as a page shows them
     rendition = Rendition(asset=asset, name=name, width=image.width, height=image.height)
     rendition.file.name = rendition_upload_path(rendition, f"r.{_SUFFIXES[file_format]}")
     fd, temp = new_incoming_file()
     try:
         with os.fdopen(fd, "wb") as out:
             image.save(out, format=file_format, **_SAVE_OPTIONS.get(file_format, {}))
-        move_into_media(temp, rendition.file.name)
     except BaseException:
         remove_quietly(temp)
         raise
-    Rendition.objects.get_or_create(
-        asset=asset, name=name,
-        defaults={"file": rendition.file.name, "width": image.width, "height": image.height},
-    )
+    try:
+        place_files([(temp, rendition.file.name)], rendition.save)
+    except IntegrityError:
+        # Made by another worker meanwhile (its row and file stay), or the photo was deleted
+        # (nothing to keep): either way this file was not placed.
+        if not Asset.objects.filter(pk=asset.pk).exists():
+            raise PhotoDeleted(asset.pk) from None
+        if not Rendition.objects.filter(asset=asset, name=name).exists():
+            raise

@@ -1,6 +1,7 @@
 from django.urls import reverse
 from rest_framework import serializers
 
+from .ingest import FAILED_MESSAGES, NOT_A_PHOTO, STATUSES
 from .models import Asset, Library, LibraryMembership, RejectedFile
 
 
@@ -46,6 +47,11 @@ class AssetSerializer(serializers.ModelSerializer):
         model = Asset
         fields = ["id", "library", "original_name", "width", "height", "format", "size_bytes", "taken_at",
                   "created_at", "status", "error", "file_url", "thumbnail_url", "preview_url"]
+        extra_kwargs = {"taken_at": {"help_text": (
+            "When the photo was taken, from its EXIF data: DateTimeOriginal, else DateTimeDigitized, else "
+            "DateTime (0x0132, which editing software may have rewritten); with the matching OffsetTime when "
+            "the photo has one, otherwise in the site's time zone. Null when the photo has none of them."
+        )}}
 
     def _rendition_url(self, asset, name) -> str | None:
         names = {r.name for r in asset.renditions.all()}  # prefetched by the viewset
@@ -70,15 +76,28 @@ class RejectedFileSerializer(serializers.ModelSerializer):
 
 
 class UploadOutcomeSerializer(serializers.Serializer):
-    name = serializers.CharField()
-    status = serializers.ChoiceField(choices=["stored", "duplicate", "rejected"])
+    name = serializers.CharField(help_text="The file's name as sent, or the entry's path inside its archive")
+    status = serializers.ChoiceField(choices=list(STATUSES), help_text=(
+        "stored: a new photo (asset_id). duplicate: the same bytes are already in the library (asset_id: that "
+        "photo). rejected: the file is refused (reason, message). skipped: an archive entry that is desktop "
+        f"metadata, not a photo (reason `{NOT_A_PHOTO}`). failed: the server kept nothing of the file; send "
+        "it again (reason: " + ", ".join(f"`{reason}`" for reason in FAILED_MESSAGES) + ")."
+    ))
     asset_id = serializers.IntegerField(allow_null=True)
-    reason = serializers.CharField(allow_null=True)
-    message = serializers.CharField(allow_null=True)
+    reason = serializers.CharField(allow_null=True, help_text=(
+        "rejected: " + ", ".join(f"`{value}`" for value in RejectedFile.Reason.values)
+        + f". skipped: `{NOT_A_PHOTO}`. failed: `server_error` (a database or server failure; the files after "
+        "it were not tried and carry the same reason), `library_deleted` (the library was deleted during the "
+        "upload), `not_received` (the request ended before the file arrived whole)."
+    ))
+    message = serializers.CharField(allow_null=True, help_text="What happened, in a sentence for people")
+    archive = serializers.CharField(allow_null=True, help_text="The zip archive the file came from, if any")
 
 
 class UploadResultSerializer(serializers.Serializer):
     stored = serializers.IntegerField()
     duplicates = serializers.IntegerField()
     rejected = serializers.IntegerField()
+    skipped = serializers.IntegerField()
+    failed = serializers.IntegerField()
     results = UploadOutcomeSerializer(many=True)

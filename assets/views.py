@@ -14,7 +14,7 @@ from .forms import LibraryForm, MemberForm
 from .models import PHOTO_SORTS, Asset, LibraryMembership, Rendition
 from .permissions import Access, libraries_visible_to, library_for
 from .serving import login_or_token_required, serve_file
-from .services import delete_library
+from .services import DeleteBusy, delete_library
 
 PAGE_SIZES = (24, 48, 96, 200)
 
@@ -97,12 +97,19 @@ def library_rename(request, pk):
 @login_required
 def library_delete(request, pk):
     library, _ = library_for(request.user, pk, Access.OWN)
+    status = 200
     if request.method == "POST":
         name = library.name
-        count = delete_library(library)
-        messages.success(request, f"Deleted “{name}” and its {count} photos.")
-        return redirect("home")
-    return render(request, "assets/library_confirm_delete.html", {"library": library, "photo_count": library.assets.count()})
+        try:
+            count = delete_library(library)
+        except DeleteBusy as busy:
+            messages.error(request, f"“{name}” was not deleted. {busy.message}")
+            status = 409
+        else:
+            messages.success(request, f"Deleted “{name}” and its {count} photos.")
+            return redirect("home")
+    return render(request, "assets/library_confirm_delete.html",
+                  {"library": library, "photo_count": library.assets.count()}, status=status)
 
 
 @login_required

@@ -42,11 +42,19 @@ app.autodiscover_tasks(["retrieval.indexing", "retrieval.search", "retrieval.alb
 # when this module is imported. A sweep that no worker took before the next one was due is
 # dropped (expires): both would do the same thing.
 SWEEP_INTERVAL_SECONDS = float(os.environ.get("CLETIR_SWEEP_INTERVAL_SECONDS", "60"))
+# The media sweep (assets.media.sweep_leftovers) removes what killed uploads and deletes left,
+# once it is older than CLETIR_MEDIA_GRACE_SECONDS: no hurry, every 10 minutes by default.
+MEDIA_SWEEP_INTERVAL_SECONDS = float(os.environ.get("CLETIR_MEDIA_SWEEP_INTERVAL_SECONDS", "600"))
 app.conf.beat_schedule = {
     "sweep-stale-work": {
         "task": "retrieval.tasks.maintenance.sweep_stale_work",
         "schedule": SWEEP_INTERVAL_SECONDS,
         "options": {"expires": SWEEP_INTERVAL_SECONDS},
+    },
+    "sweep-media-leftovers": {
+        "task": "assets.tasks.sweep_media_leftovers",
+        "schedule": MEDIA_SWEEP_INTERVAL_SECONDS,
+        "options": {"expires": MEDIA_SWEEP_INTERVAL_SECONDS},
     },
 }
 

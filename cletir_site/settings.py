@@ -67,6 +67,9 @@ MIDDLEWARE = [
     # canonical file name (e.g. /static/..%2fx) is no file and ends as a 404.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # Outside everything that may answer an error page (CSRF, the views): every error answer
+    # under /api/ becomes JSON, debug pages too.
+    "cletir_site.errors.ApiErrorsAsJson",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -175,6 +178,19 @@ WHITENOISE_USE_FINDERS = DEBUG
 WHITENOISE_AUTOREFRESH = DEBUG
 MEDIA_ROOT = Path(env.str("CLETIR_MEDIA_ROOT", default=str(VAR_DIR / "media")))
 MEDIA_URL = "media/"
+# Uploads larger than 2.5 MB are spooled to disk by Django while the request arrives: into the
+# media root's temporary area (same filesystem as the photos), never the system's temporary
+# folder, so the sweeper (assets.tasks.sweep_media_leftovers) finds what a killed process left.
+FILE_UPLOAD_TEMP_DIR = str(MEDIA_ROOT / "incoming")
+try:
+    os.makedirs(FILE_UPLOAD_TEMP_DIR, exist_ok=True)
+except OSError:  # not writable here (a read-only build step): Django's system check says so
+    pass
+FILE_UPLOAD_HANDLERS = [
+    "assets.uploads.ArrivalTracker",  # first: sees which files of a request arrived whole
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 
 # --- Photos ----------------------------------------------------------------------------------
 # Limits of what an upload, an archive or `import_folder` may bring (decimal bytes: 1 MB = 10^6).
@@ -235,6 +251,10 @@ CLETIR_EXACT_RANK_MAX_ROWS = env.int("CLETIR_EXACT_RANK_MAX_ROWS", default=20000
 # most index tuples a filtered (iterative) scan may visit; tuned by bench/search.py.
 CLETIR_HNSW_EF_SEARCH = env.int("CLETIR_HNSW_EF_SEARCH", default=200)
 CLETIR_HNSW_MAX_SCAN_TUPLES = env.int("CLETIR_HNSW_MAX_SCAN_TUPLES", default=50_000)
+# Temporary files (upload spools, files being copied in) untouched this long, and files being
+# placed or removed whose process died (assets.PendingFile), are leftovers: the sweeper removes
+# them. Longer than any upload or import in flight can go without writing.
+CLETIR_MEDIA_GRACE_SECONDS = env.int("CLETIR_MEDIA_GRACE_SECONDS", default=3600)
 # A search not finished this long after it was queued (or re-queued) is stale: its worker
 # died or its message was lost. The sweeper (retrieval.sweeper) re-queues it once when it never
 # started, else marks it failed so the user can try again. Keep it above the slowest real search.

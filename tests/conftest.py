@@ -196,6 +196,7 @@ def eager_tasks(monkeypatch):
 def media_root(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.MEDIA_ROOT.mkdir()
+    settings.FILE_UPLOAD_TEMP_DIR = str(settings.MEDIA_ROOT / "incoming")
     return settings.MEDIA_ROOT
 
 
@@ -205,3 +206,23 @@ def make_user(django_user_model):
         return django_user_model.objects.create_user(username=username, password="pw-" + username, **extra)
 
     return make
+
+
+@pytest.fixture
+def database_fails_after_one_photo(monkeypatch):
+    """Storing photos: the first is saved, then the database goes away (OperationalError for each
+    later photo's row). Undo with monkeypatch.undo()."""
+    from django.db import OperationalError
+
+    from assets import ingest
+
+    real_save = ingest._save_stored
+    saved = []
+
+    def save_once(asset):
+        saved.append(asset)
+        if len(saved) > 1:
+            raise OperationalError("terminating connection due to administrator command")
+        real_save(asset)
+
+    monkeypatch.setattr(ingest, "_save_stored", save_once)

@@ -54,13 +54,14 @@ def test_api_upload_reports_every_file_exactly(people):
     assert response.status_code == 200
     asset = Asset.objects.get(library=library)
     assert response.json() == {
-        "stored": 1, "duplicates": 1, "rejected": 1,
+        "stored": 1, "duplicates": 1, "rejected": 1, "skipped": 0, "failed": 0,
         "results": [
-            {"name": "boat.jpg", "status": "stored", "asset_id": asset.pk, "reason": None, "message": None},
+            {"name": "boat.jpg", "status": "stored", "asset_id": asset.pk, "reason": None, "message": None,
+             "archive": None},
             {"name": "boat-again.jpg", "status": "duplicate", "asset_id": asset.pk, "reason": None,
-             "message": "This photo is already in the library."},
+             "message": "This photo is already in the library.", "archive": None},
             {"name": "notes.txt", "status": "rejected", "asset_id": None, "reason": "not_an_image",
-             "message": RejectedFile.objects.get(library=library).message},
+             "message": RejectedFile.objects.get(library=library).message, "archive": None},
         ],
     }
     assert asset.uploaded_by == people["eve"] and asset.original_name == "boat.jpg"

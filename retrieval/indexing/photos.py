@@ -17,6 +17,7 @@ from functools import partial
 from django.db import transaction
 from PIL import Image, ImageOps
 
+from assets.imaging import to_rgb8
 from assets.models import Asset
 from retrieval.engine.fusion import photo_vectors
 
@@ -39,11 +40,13 @@ def load_photo_for_embedding(path: str) -> Image.Image:
         scale = MIN_SHORT_SIDE / min(image.size)
         if image.format == "JPEG" and scale < 1:
             image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
-        upright = ImageOps.exif_transpose(image)
+        # 8-bit RGB with the tones kept (a 16-bit grey is not clipped to white), before reducing:
+        # Pillow reduces no 16-bit mode.
+        upright = to_rgb8(ImageOps.exif_transpose(image))
         factor = min(upright.size) // MIN_SHORT_SIDE
         if factor >= 2:
             upright = upright.reduce(factor)  # a box filter: fast, no aliasing; encoders resize the rest
-        return upright.convert("RGB")
+        return upright
 
 
 def embed_batch(space: EmbeddingSpace, encoders, batch_size: int) -> tuple[int, int]:

@@ -18,6 +18,7 @@ def media_root(settings, tmp_path):
     root = tmp_path / "media"
     root.mkdir()
     settings.MEDIA_ROOT = root
+    settings.FILE_UPLOAD_TEMP_DIR = str(root / "incoming")
     return root
 
 
@@ -53,10 +54,15 @@ def image_bytes(fmt: str, size=(64, 48), seed: int = 0, exif: Image.Exif | None 
     return out.getvalue()
 
 
-def exif_with(orientation: int | None = None, taken: str | None = None, offset: str | None = None) -> Image.Exif:
+def exif_with(orientation: int | None = None, taken: str | None = None, offset: str | None = None,
+              changed: str | None = None) -> Image.Exif:
+    """EXIF with an orientation, a DateTimeOriginal (`taken`, + OffsetTimeOriginal) and the IFD0
+    DateTime (`changed`, 0x0132)."""
     exif = Image.Exif()
     if orientation is not None:
         exif[0x0112] = orientation
+    if changed is not None:
+        exif[0x0132] = changed
     if taken is not None:
         exif.get_ifd(0x8769)[0x9003] = taken
     if offset is not None:

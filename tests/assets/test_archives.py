@@ -49,15 +49,24 @@ def test_zip_entries_are_stored_with_their_nested_names(library, media_root):
 
     outcomes = ingest_upload(library, upload, "trip.zip")
 
-    assert [(o.name, o.status, o.reason) for o in outcomes] == [
-        ("trip/day1/beach.jpg", "stored", None),
-        ("trip/day2/boat.png", "stored", None),
-        ("trip/again.jpg", "duplicate", None),
-        ("trip/notes.txt", "rejected", "not_an_image"),
+    assert [(o.name, o.status, o.reason, o.archive) for o in outcomes] == [
+        ("trip/day1/beach.jpg", "stored", None, "trip.zip"),
+        ("trip/day2/boat.png", "stored", None, "trip.zip"),
+        ("trip/again.jpg", "duplicate", None, "trip.zip"),
+        ("trip/notes.txt", "rejected", "not_an_image", "trip.zip"),
+        ("__MACOSX/trip/._beach.jpg", "skipped", "not_a_photo", "trip.zip"),
+        ("trip/.DS_Store", "skipped", "not_a_photo", "trip.zip"),
+        ("trip/Thumbs.db", "skipped", "not_a_photo", "trip.zip"),
     ]
+    assert outcomes[4].message == (
+        "Desktop metadata or a hidden file (__MACOSX/, .DS_Store, Thumbs.db), not a photo: skipped."
+    )
     assert outcomes[2].asset_id == outcomes[0].asset_id
     assert sorted(Asset.objects.values_list("original_name", flat=True)) == ["trip/day1/beach.jpg", "trip/day2/boat.png"]
-    assert list(RejectedFile.objects.values_list("original_name", "reason")) == [("trip/notes.txt", "not_an_image")]
+    # A refusal from inside an archive names the archive on the library page.
+    assert list(RejectedFile.objects.values_list("original_name", "reason")) == [
+        ("trip.zip: trip/notes.txt", "not_an_image")
+    ]
 
 
 def test_zip_is_recognised_by_content_whatever_its_name(library):
@@ -106,13 +115,46 @@ def test_highly_compressed_entry_is_refused_as_zip_bomb(library):
     ]
 
 
+def zipbomb() -> io.BytesIO:
+    """The hostile walk's zipbomb.zip: ~300 KB holding one 300 MB entry of zeros."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("dir/x.jpg", "w", force_zip64=True) as entry:
+            for _ in range(300):
+                entry.write(b"\0" * 1_000_000)
+    out.seek(0)
+    return out
+
+
+def test_zipbomb_over_the_upload_limit_is_called_a_zip_bomb(library):
+    upload = zipbomb()
+    assert len(upload.getvalue()) < 400_000
+
+    outcomes = ingest_upload(library, upload, "zipbomb.zip")
+
+    assert [o.as_dict() for o in outcomes] == [{
+        "name": "dir/x.jpg", "status": "rejected", "asset_id": None, "reason": "zip_bomb", "archive": "zipbomb.zip",
+        "message": "The entry is compressed more than 100 times, like a zip bomb; it was not extracted.",
+    }]
+    assert list(RejectedFile.objects.values_list("original_name", "reason")) == [("zipbomb.zip: dir/x.jpg", "zip_bomb")]
+
+
+def test_archive_that_expands_past_the_limit_like_a_bomb_is_a_zip_bomb(settings, library):
+    settings.CLETIR_MAX_ARCHIVE_BYTES = 2_000_000
+    upload = make_zip({f"{i}.tif": b"\0" * 1_000_000 for i in range(3)})
+    outcomes = ingest_upload(library, upload, "bombs.zip")
+    assert [(o.name, o.reason) for o in outcomes] == [("bombs.zip", "zip_bomb")]
+    assert outcomes[0].message.startswith("The archive expands to 3 MB from ")
+    assert outcomes[0].message.endswith(", more than 100 times, like a zip bomb; nothing was extracted.")
+
+
 def test_archive_over_the_size_limit_is_refused_whole(settings, library):
     settings.CLETIR_MAX_ARCHIVE_BYTES = 5000
     upload = make_zip({"a.jpg": image_bytes("JPEG", seed=1), "b.png": image_bytes("PNG", seed=2)})
     outcomes = ingest_upload(library, upload, "big.zip")
     assert [o.as_dict() for o in outcomes] == [{
         "name": "big.zip", "status": "rejected", "asset_id": None, "reason": "archive_too_large",
-        "message": f"The archive expands to {_kb(upload)}, more than the limit of 5 KB.",
+        "message": f"The archive expands to {_kb(upload)}, more than the limit of 5 KB.", "archive": None,
     }]
     assert not Asset.objects.exists()
     assert RejectedFile.objects.get().original_name == "big.zip"
@@ -191,5 +233,8 @@ def test_archive_with_nothing_to_import_still_gets_an_answer(library):
     outcomes = ingest_upload(library, upload, "empty.zip")
     assert [o.as_dict() for o in outcomes] == [{
         "name": "empty.zip", "status": "rejected", "asset_id": None, "reason": "empty_archive",
-        "message": "The archive contains no files to import.",
-    }]
+        "message": "The archive contains no files to import.", "archive": None,
+    }] + [{
+        "name": name, "status": "skipped", "asset_id": None, "reason": "not_a_photo", "archive": "empty.zip",
+        "message": "Desktop metadata or a hidden file (__MACOSX/, .DS_Store, Thumbs.db), not a photo: skipped.",
+    } for name in ("__MACOSX/._a.jpg", ".DS_Store")]

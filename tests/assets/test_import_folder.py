@@ -76,9 +76,13 @@ def test_zip_in_the_folder_is_expanded(tmp_path, make_user):
     with zipfile.ZipFile(root / "old.zip", "w") as zf:
         zf.writestr("x/1.jpg", image_bytes("JPEG", seed=6))
         zf.writestr("../2.jpg", image_bytes("JPEG", seed=7))
+        zf.writestr("__MACOSX/x/._1.jpg", b"\x00\x05\x16\x07")
     output = run(str(root), "--library", "Z", "--owner", "ann")
     assert list(Asset.objects.values_list("original_name", flat=True)) == ["x/1.jpg"]
-    assert "  stored: 1\n  duplicates: 0\n  rejected: 1\n    unsafe_path: 1" in output
+    # A refusal from inside an archive names the archive.
+    assert ("rejected  old.zip: ../2.jpg: unsafe_path: The entry's path is absolute or leaves the archive's "
+            "folder; it was not extracted.") in output
+    assert "  stored: 1\n  duplicates: 0\n  rejected: 1\n    unsafe_path: 1\n  skipped in archives (not photos): 1" in output
 
 
 def test_missing_path_is_an_error(tmp_path, make_user):
@@ -90,3 +94,17 @@ def test_missing_path_is_an_error(tmp_path, make_user):
 def test_unknown_owner_is_an_error(tree):
     with pytest.raises(CommandError, match="no such user"):
         run(str(tree), "--library", "X", "--owner", "nobody")
+
+
+def test_import_stops_with_the_reason_when_the_database_fails(tree, make_user, monkeypatch,
+                                                               database_fails_after_one_photo):
+    make_user("ann")
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.raises(CommandError, match="import stopped: The server failed while storing this file"):
+        call_command("import_folder", str(tree), "--library", "Archive", "--owner", "ann", stdout=out, stderr=err)
+    assert Asset.objects.count() == 1
+    assert "failed  2019/b.png: server_error: The server failed while storing this file" in err.getvalue()
+    assert "  stored: 1\n" in out.getvalue()
+    # Nothing about the failed file is remembered: the next run reads it again.
+    monkeypatch.undo()
+    assert "  stored: 2\n" in run(str(tree), "--library", "Archive", "--owner", "ann")

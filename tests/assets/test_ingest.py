@@ -59,7 +59,7 @@ def test_outcome_as_dict(library):
     assert outcome == IngestOutcome("notes.txt", "rejected", None, "not_an_image", "This file is not an image.")
     assert outcome.as_dict() == {
         "name": "notes.txt", "status": "rejected", "asset_id": None,
-        "reason": "not_an_image", "message": "This file is not an image.",
+        "reason": "not_an_image", "message": "This file is not an image.", "archive": None,
     }
 
 
@@ -105,7 +105,7 @@ def test_bad_files_are_rejected_with_reason(settings, library, owner, media_root
     outcome = ingest_file(library, io.BytesIO(data()), "upload.bin", uploaded_by=owner)
 
     assert outcome.as_dict() == {"name": "upload.bin", "status": "rejected", "asset_id": None,
-                                 "reason": reason, "message": message}
+                                 "reason": reason, "message": message, "archive": None}
     rejected = RejectedFile.objects.get()
     assert (rejected.library, rejected.uploaded_by, rejected.original_name) == (library, owner, "upload.bin")
     assert (rejected.reason, rejected.message) == (reason, message)
@@ -150,6 +150,20 @@ def test_exif_capture_time_of_a_heic(library):
     data = image_bytes("HEIF", exif=exif_with(taken="2023:07:01 18:30:00", offset="-04:00"))
     asset = Asset.objects.get(pk=ingest_file(library, io.BytesIO(data), "IMG_0001.HEIC").asset_id)
     assert asset.taken_at == dt.datetime(2023, 7, 1, 22, 30, tzinfo=dt.timezone.utc)
+
+
+def test_capture_time_falls_back_to_exif_datetime(settings, library):
+    settings.TIME_ZONE = "Europe/Paris"
+    scanned = image_bytes("JPEG", seed=1, exif=exif_with(changed="2019:03:04 10:11:12"))
+    asset = Asset.objects.get(pk=ingest_file(library, io.BytesIO(scanned), "scan.jpg").asset_id)
+    assert asset.taken_at == dt.datetime(2019, 3, 4, 10, 11, 12, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"))
+
+
+def test_exif_datetime_is_only_the_last_fallback(library):
+    edited = image_bytes("JPEG", seed=2, exif=exif_with(taken="2021:05:06 07:08:09", offset="+00:00",
+                                                         changed="2024:01:01 00:00:00"))
+    asset = Asset.objects.get(pk=ingest_file(library, io.BytesIO(edited), "edited.jpg").asset_id)
+    assert asset.taken_at == dt.datetime(2021, 5, 6, 7, 8, 9, tzinfo=dt.timezone.utc)
 
 
 def test_unset_camera_clock_gives_no_capture_time(library):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import WorkerProcess, redis_available, wait_for
+from tests.conftest import WorkerProcess, database_url_for, redis_available, wait_for
 
 BROKER = "redis" if redis_available() else "filesystem"
 PAUSED_WORKER = "tests.faults.paused_worker"
@@ -67,3 +67,18 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
     except (FileNotFoundError, IndexError):
         return False
+
+
+@pytest.fixture
+def server_env(media_root, tmp_path):
+    """(environment, its TMPDIR) of a web process (tests.faults.web_server) on this test's database
+    and media root. Thumbnails are made in the request (eager tasks); the system's temporary
+    folder it sees is a folder of the test's own, so a test can tell what it left there."""
+    from django.db import connection
+
+    system_tmp = tmp_path / "system-tmp"  # the web process's TMPDIR: nothing may be left there
+    system_tmp.mkdir()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "cletir_site.settings", "DJANGO_DEBUG": "1",
+           "DATABASE_URL": database_url_for(connection.settings_dict), "CLETIR_MEDIA_ROOT": str(media_root),
+           "CELERY_TASK_ALWAYS_EAGER": "1", "TMPDIR": str(system_tmp), "DJANGO_LOG_LEVEL": "WARNING"}
+    return env, system_tmp

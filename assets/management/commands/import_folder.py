@@ -19,7 +19,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from assets.archives import is_skipped_name
-from assets.ingest import DUPLICATE, REJECTED, STORED, IngestOutcome, ingest_upload
+from assets.ingest import DUPLICATE, FAILED, REJECTED, SKIPPED, STORED, IngestOutcome, Ingestion
 from assets.models import ImportedFile, Library
 
 PROGRESS_EVERY_SECONDS = 5.0
@@ -47,6 +47,7 @@ class Command(BaseCommand):
         reasons: Counter[str] = Counter()
         started = last_report = time.monotonic()
         self.stdout.write(f"Importing {root} into library \"{target.name}\" (id {target.pk}) of {target.owner}")
+        ingestion = Ingestion(target)
         for file_path in _files_under(root):
             try:
                 stat = file_path.stat()
@@ -56,12 +57,12 @@ class Command(BaseCommand):
                 continue
             key = str(file_path)
             if seen.get(key) == (stat.st_size, stat.st_mtime_ns):
-                counts["skipped"] += 1
+                counts["already"] += 1
                 continue
             label = file_path.name if file_path == root else str(file_path.relative_to(root))
             try:
                 with open(file_path, "rb") as fh:
-                    outcomes = ingest_upload(target, fh, label)
+                    outcomes = ingestion.upload(fh, label)
             except OSError as exc:  # vanished or unreadable between walk and open; not remembered
                 counts["unreadable"] += 1
                 self.stderr.write(f"unreadable  {label}: {exc.strerror or exc}")
@@ -70,9 +71,14 @@ class Command(BaseCommand):
                 counts[outcome.status] += 1
                 if outcome.status == REJECTED:
                     reasons[outcome.reason] += 1
-                    self.stdout.write(f"rejected  {outcome.name}: {outcome.reason}: {outcome.message}")
+                    self.stdout.write(f"rejected  {outcome.label}: {outcome.reason}: {outcome.message}")
+                elif outcome.status == FAILED:
+                    self.stderr.write(f"failed  {outcome.label}: {outcome.reason}: {outcome.message}")
                 elif verbosity >= 2:
-                    self.stdout.write(f"{outcome.status}  {outcome.name}")
+                    self.stdout.write(f"{outcome.status}  {outcome.label}")
+            if ingestion.stopped is not None:  # the database or the library is gone: the rest would fail too
+                self.stdout.write(self._summary(target, counts, reasons, time.monotonic() - started))
+                raise CommandError(f"import stopped: {ingestion.stopped.message} A second run goes on from here.")
             _remember(target, key, stat, outcomes)
             now = time.monotonic()
             if now - last_report >= PROGRESS_EVERY_SECONDS:
@@ -105,7 +111,9 @@ class Command(BaseCommand):
             f"  rejected: {counts[REJECTED]}",
         ]
         lines += [f"    {reason}: {n}" for reason, n in sorted(reasons.items())]
-        lines.append(f"  already imported (skipped): {counts['skipped']}")
+        if counts[SKIPPED]:
+            lines.append(f"  skipped in archives (not photos): {counts[SKIPPED]}")
+        lines.append(f"  already imported (skipped): {counts['already']}")
         if counts["unreadable"]:
             lines.append(f"  unreadable (will be tried again): {counts['unreadable']}")
         return "\n".join(lines)
@@ -114,7 +122,7 @@ class Command(BaseCommand):
 def _tally(counts: Counter) -> str:
     return (
         f"{counts[STORED]} stored, {counts[DUPLICATE]} duplicates, {counts[REJECTED]} rejected, "
-        f"{counts['skipped']} skipped"
+        f"{counts['already']} already imported"
     )
 
 
