@@ -149,7 +149,8 @@ def tiny_model_dir(tmp_path_factory):
     import torch
 
     from retrieval.engine.build_models import build_profile
-    from retrieval.engine.profiles import ENV_MODEL_DIR, ENV_OVERRIDES
+    from retrieval.engine.model_folders import ENV_MODEL_DIR
+    from retrieval.engine.runtime import ENV_OVERRIDES
 
     # Tiny models are thousands of microsecond ops: on a 2-core machine shared with other
     # processes, a second intra-op thread makes each op wait for a descheduled sibling and the

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-from retrieval.engine.profiles import PROFILES, Profile, model_dir
+from retrieval.engine.model_folders import model_dir
+from retrieval.engine.profiles import PROFILES, Profile
 
 STAMP = ".cletir-built.json"
 # Bump when a recipe changes so stale folders are rebuilt.

@@ -20,17 +20,11 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModel
 
 from retrieval.engine.photo_preprocessing import image_processor_spec, open_clip_spec, to_pixels
-from retrieval.engine.profiles import (
-    Profile,
-    apply_torch_threads,
-    load_once,
-    local_folder,
-    missing_weights,
-    resolve_device,
-    resolve_dtype,
-    resolve_vlm_id,
-    weights_fingerprint,
-)
+from retrieval.engine.fingerprints import weights_fingerprint
+from retrieval.engine.model_cache import load_once
+from retrieval.engine.model_folders import local_folder, missing_weights
+from retrieval.engine.profiles import Profile, resolve_vlm_id
+from retrieval.engine.runtime import apply_torch_threads, resolve_device, resolve_dtype
 
 # The 80 CLIP ImageNet prompt templates, as "{}" format strings (open_clip keeps them as lambdas).
 CLIP_TEMPLATES: tuple[str, ...] = tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)

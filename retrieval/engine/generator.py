@@ -16,16 +16,11 @@ from diffusers import AutoencoderTiny, AutoPipelineForText2Image
 from diffusers.utils import is_accelerate_available
 from PIL import Image
 
-from retrieval.engine.profiles import (
-    Profile,
-    apply_torch_threads,
-    load_once,
-    local_folder,
-    missing_weights,
-    resolve_device,
-    resolve_dtype,
-    weights_fingerprint,
-)
+from retrieval.engine.fingerprints import weights_fingerprint
+from retrieval.engine.model_cache import load_once
+from retrieval.engine.model_folders import local_folder, missing_weights
+from retrieval.engine.profiles import Profile
+from retrieval.engine.runtime import apply_torch_threads, resolve_device, resolve_dtype
 
 _LOAD_ERRORS = (OSError, RuntimeError, ValueError)
 

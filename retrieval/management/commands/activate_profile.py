@@ -2,7 +2,8 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from retrieval.engine.profiles import MissingWeightsError, get_profile
+from retrieval.engine.model_folders import MissingWeightsError
+from retrieval.engine.runtime import get_profile
 from retrieval.spaces import activate_space, serving_space, space_for_profile
 
 FALLBACK = "tiny"
