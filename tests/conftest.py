@@ -29,6 +29,15 @@ def database_url_for(db_settings: dict) -> str:
     return f"postgres://{db_settings['USER']}{password}@{host}{port}/{db_settings['NAME']}"
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix) -> None:
+    """Start the embedded Postgres (when DATABASE_URL is unset) before pytest-django creates
+    the test database: importing the settings only names its socket."""
+    from cletir_site.embedded_postgres import start_configured
+
+    start_configured()
+
+
 def redis_available() -> bool:
     import socket
 
