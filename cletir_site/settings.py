@@ -125,6 +125,8 @@ STATIC_URL = "static/"
 STATIC_ROOT = Path(env.str("CLETIR_STATIC_ROOT", default=str(VAR_DIR / "static")))
 MEDIA_ROOT = Path(env.str("CLETIR_MEDIA_ROOT", default=str(VAR_DIR / "media")))
 MEDIA_URL = "media/"
+# Log files of `make demo`: the set-up's details and the output of its web server, workers and beat.
+CLETIR_LOG_DIR = Path(env.str("CLETIR_LOG_DIR", default=str(VAR_DIR / "log")))
 
 # --- Photos ----------------------------------------------------------------------------------
 # Limits of what an upload, an archive or `import_folder` may bring (decimal bytes: 1 MB = 10^6).

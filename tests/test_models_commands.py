@@ -278,6 +278,20 @@ def test_hub_source_checks_lfs_sha256_and_git_sha1(tmp_path):
     }
 
 
+@pytest.mark.django_db
+def test_activate_profile_falls_back_to_tiny_and_says_why_in_one_line(tiny_model_dir):
+    out, err = StringIO(), StringIO()
+    call_command("activate_profile", "default", "--fallback-tiny", stdout=out, stderr=err)
+    assert out.getvalue().splitlines()[0] == (
+        f"Models: 'tiny' random-weight demo models (meaningless results), because the 'default' profile's weights "
+        f"are not in {tiny_model_dir}; README \"Models and real weights\" says how to add them.")
+    assert out.getvalue().splitlines()[1].startswith("active space: tiny (")
+    # The loaders' reasons stay available, on stderr (`make demo` keeps them in its log file).
+    assert err.getvalue().startswith(
+        "No weights for the 'default' profile, so the 'tiny' models are used: VLM weights for profile 'default' "
+        f"not found: no local folder {tiny_model_dir / 'laion/CLIP-ViT-B-32-laion2B-s34B-b79K'}")
+
+
 def test_weights_tooling_imports_no_django_and_no_torch():
     """retrieval.weights left the engine but stays usable without Django or torch (a copy
     script, an air-gapped site's check)."""

@@ -1,4 +1,5 @@
-"""Run-time choices a site makes for a profile: CLETIR_* overrides, device, dtype, threads.
+"""Run-time choices a site makes for a profile: CLETIR_* overrides, device, dtype, threads,
+and whether the model libraries draw progress bars.
 
 ``get_profile`` is the lookup the product uses: the registered profile (``profiles``) with the
 site's environment overrides applied. Imports no torch at module level (torch is imported by
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -110,3 +112,21 @@ def apply_torch_threads(environ: Mapping[str, str] | None = None) -> None:
 
         torch.set_num_threads(max(1, int(value)))
 
+
+def progress_bars_only_on_a_terminal() -> None:
+    """Turn the model libraries' progress bars off when stderr is not a terminal.
+
+    Loading and saving weights draws bars (transformers' "Loading weights" and "Writing model
+    shards"): on a terminal they show progress; in a worker's log, the demo's log file or a
+    captured output they are a line of noise per redraw. HF_HUB_DISABLE_PROGRESS_BARS, when set,
+    decides instead. Every loader uses transformers; diffusers' bars are switched off only when
+    the caller has imported it (its import is heavy, and encoders alone never need it).
+    """
+    if "HF_HUB_DISABLE_PROGRESS_BARS" in os.environ or sys.stderr.isatty():
+        return
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # huggingface_hub's bars with it
+    diffusers_logging = sys.modules.get("diffusers.utils.logging")
+    if diffusers_logging is not None:
+        diffusers_logging.disable_progress_bar()
