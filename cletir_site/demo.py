@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 ADDRESS = os.environ.get("CLETIR_DEMO_ADDRESS", "127.0.0.1:8000")
+MANAGE = str(Path(__file__).resolve().parent.parent / "manage.py")
 STOP_GRACE_SECONDS = 20
 
 # manage.py commands run before the processes start, and whether their stdout is for the
@@ -60,7 +61,7 @@ def _children(beat_schedule: str) -> list[tuple[str, list[str]]]:
     # Beat's schedule file is named on its command line (CELERY_BEAT_SCHEDULE_FILENAME, under
     # var/ by default), which also tells this demo's beat apart from another checkout's.
     return [
-        ("web", [python, "manage.py", "runserver", ADDRESS, "--noreload"]),
+        ("web", [python, MANAGE, "runserver", ADDRESS, "--noreload"]),
         ("search worker", worker("search", "search")),
         ("bulk worker", worker("bulk", "embed,default")),
         ("beat", [python, "-m", "celery", "-A", "cletir_site", "beat", "--schedule", beat_schedule,
@@ -85,7 +86,7 @@ def _run_setup(log: BinaryIO) -> None:
         log.write(f"\n--- manage.py {' '.join(command)}\n".encode())
         log.flush()
         start = log.tell()
-        completed = subprocess.run([sys.executable, "manage.py", *command], stdout=None if stdout_to_terminal else log,
+        completed = subprocess.run([sys.executable, MANAGE, *command], stdout=None if stdout_to_terminal else log,
                                    stderr=log)
         if completed.returncode != 0:
             with open(log.name, "rb") as written:
@@ -175,9 +176,13 @@ def main() -> int:
             _say("interrupted during the set-up.")
             exit_code = 130
         finally:
-            if started_postgres:
-                embedded_postgres.stop(settings.EMBEDDED_PGDATA)
+            # A second Ctrl-C must not cut the clean-up short (pg_ctl inherits the ignore too).
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            if started_postgres and embedded_postgres.stop(settings.EMBEDDED_PGDATA):
                 _say("stopped the embedded Postgres it had started.")
+            elif started_postgres:
+                _say(f"could not stop the embedded Postgres (its log: {_shown(settings.EMBEDDED_PGDATA / 'log')}); "
+                     "`manage.py embedded_postgres stop` stops it.")
     _say("stopped.")
     return exit_code
 
