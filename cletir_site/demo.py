@@ -176,8 +176,10 @@ def main() -> int:
             _say("interrupted during the set-up.")
             exit_code = 130
         finally:
-            # A second Ctrl-C must not cut the clean-up short (pg_ctl inherits the ignore too).
+            # A second Ctrl-C or SIGTERM must not cut the clean-up short (pg_ctl inherits the
+            # ignore too).
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             if started_postgres and embedded_postgres.stop(settings.EMBEDDED_PGDATA):
                 _say("stopped the embedded Postgres it had started.")
             elif started_postgres:
