@@ -17,10 +17,9 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: demo test setup venv redis chromium clean-state
 
-demo: setup
-	@$(PY) manage.py ensure_admin
-	$(PY) manage.py activate_profile --fallback-tiny
-	$(PY) manage.py import_sample_library
+# The demo runner does its own set-up (checks, migrations, admin, models, sample library) inside
+# the run, so that Ctrl-C at any point stops what it started, the embedded Postgres included.
+demo: venv
 	$(PY) -m cletir_site.demo
 
 test: setup redis chromium

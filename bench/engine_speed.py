@@ -34,7 +34,9 @@ from PIL import Image  # noqa: E402
 from retrieval.engine.build_models import build_profile  # noqa: E402
 from retrieval.engine.encoders import Encoders  # noqa: E402
 from retrieval.engine.generator import ProxyGenerator  # noqa: E402
-from retrieval.engine.profiles import Profile, get_profile, local_folder  # noqa: E402
+from retrieval.engine.model_folders import local_folder  # noqa: E402
+from retrieval.engine.profiles import Profile  # noqa: E402
+from retrieval.engine.runtime import get_profile  # noqa: E402
 
 QUERIES = ["golden retriever", "a sailboat at sea", "Persian cat", "red double-decker bus",
            "a bowl of ramen", "snowy mountain peak", "tabby kitten", "vintage typewriter"]

@@ -141,8 +141,10 @@ def main() -> None:
     from django.db import connection
     from django.test.utils import setup_test_environment
 
+    from cletir_site.embedded_postgres import start_configured
     from retrieval.engine.build_models import build_profile
 
+    start_configured()  # the embedded Postgres, when DATABASE_URL is unset
     setup_test_environment()
     workdir = Path(tempfile.mkdtemp(prefix="cletir-bench-"))
     settings.MEDIA_ROOT = workdir / "media"

@@ -273,11 +273,13 @@ def main() -> None:
     from django.test.utils import setup_test_environment
 
     from assets.models import Library
+    from cletir_site.embedded_postgres import start_configured
     from retrieval.engine.build_models import build_profile
     from retrieval.models import EmbeddingSpace
     from retrieval.search.ranking import ef_search_for
     from retrieval.indexing.vector_index import DEFAULT_EF_CONSTRUCTION, DEFAULT_M
 
+    start_configured()  # the embedded Postgres, when DATABASE_URL is unset
     m = args.m or DEFAULT_M
     ef_construction = args.ef_construction or DEFAULT_EF_CONSTRUCTION
     setup_test_environment()

@@ -13,6 +13,8 @@ import threading
 from celery import Celery, bootsteps, signals
 from kombu import Queue
 
+from cletir_site.embedded_postgres import start_configured
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cletir_site.settings")
 
 app = Celery("cletir")
@@ -123,6 +125,13 @@ def _preload_models(**kwargs) -> None:
     from retrieval.workers import preload_models
 
     preload_models(set(app.amqp.queues.consume_from or QUEUES))
+
+
+@signals.worker_init.connect
+def _start_embedded_database(**kwargs) -> None:
+    # Without DATABASE_URL a worker needs the embedded Postgres from its first heartbeat on.
+    # (Beat only sends messages and never connects to the database: it starts nothing.)
+    start_configured()
 
 
 @signals.worker_init.connect

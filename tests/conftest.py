@@ -29,6 +29,15 @@ def database_url_for(db_settings: dict) -> str:
     return f"postgres://{db_settings['USER']}{password}@{host}{port}/{db_settings['NAME']}"
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix) -> None:
+    """Start the embedded Postgres (when DATABASE_URL is unset) before pytest-django creates
+    the test database: importing the settings only names its socket."""
+    from cletir_site.embedded_postgres import start_configured
+
+    start_configured()
+
+
 def redis_available() -> bool:
     import socket
 
@@ -149,7 +158,8 @@ def tiny_model_dir(tmp_path_factory):
     import torch
 
     from retrieval.engine.build_models import build_profile
-    from retrieval.engine.profiles import ENV_MODEL_DIR, ENV_OVERRIDES
+    from retrieval.engine.model_folders import ENV_MODEL_DIR
+    from retrieval.engine.runtime import ENV_OVERRIDES
 
     # Tiny models are thousands of microsecond ops: on a 2-core machine shared with other
     # processes, a second intra-op thread makes each op wait for a descheduled sibling and the

@@ -1,4 +1,5 @@
-"""The embedded Postgres starts, is reused, survives concurrent starts and a killed run."""
+"""The embedded Postgres starts, is reused, survives concurrent starts and a killed run; only the
+processes that need it start it (not importing the settings, not `embedded_postgres status`)."""
 from __future__ import annotations
 
 import os
@@ -86,3 +87,100 @@ def test_stop_ends_the_server(pgdata):
     assert embedded_postgres.stop(pgdata) is True
     assert not embedded_postgres.is_running(pgdata)
     assert embedded_postgres.stop(pgdata) is False
+
+
+def _manage(pgdata: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DJANGO_DEBUG": "1", "DJANGO_SETTINGS_MODULE": "cletir_site.settings",
+           "CLETIR_PGDATA": str(pgdata), "DATABASE_URL": ""}
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=PROJECT_DIR, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_settings_name_the_socket_without_starting_the_server(pgdata):
+    snippet = ("import json, django; from django.conf import settings; django.setup(); "
+               "print(json.dumps(settings.DATABASES['default']))")
+    env = {**os.environ, "DJANGO_DEBUG": "1", "DJANGO_SETTINGS_MODULE": "cletir_site.settings",
+           "CLETIR_PGDATA": str(pgdata), "DATABASE_URL": ""}
+    result = subprocess.run([sys.executable, "-c", snippet], cwd=PROJECT_DIR, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    import json
+
+    db = json.loads(result.stdout)
+    assert (db["HOST"], db["PORT"], db["NAME"]) == (str(pgdata), "5432", "cletir")
+    assert not pgdata.exists() and not embedded_postgres.is_running(pgdata)
+    # The server a process starts later listens exactly there.
+    embedded_postgres.start(pgdata)
+    with _connect(db) as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == ("cletir",)
+
+
+def test_status_reports_and_never_starts_the_server(pgdata):
+    result = _manage(pgdata, "embedded_postgres", "status")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"embedded Postgres not created yet ({pgdata} will hold it)"
+    assert not (pgdata / "PG_VERSION").exists() and not embedded_postgres.is_running(pgdata)
+
+    assert embedded_postgres.start(pgdata) is True
+    pid = embedded_postgres.status(pgdata).pid
+    running = _manage(pgdata, "embedded_postgres", "status")
+    assert running.stdout.strip() == f"embedded Postgres running in {pgdata} (pid {pid}, socket {pgdata})"
+
+    assert embedded_postgres.stop(pgdata)
+    stopped = _manage(pgdata, "embedded_postgres", "status")
+    assert stopped.stdout.startswith(f"embedded Postgres not running (data in {pgdata})"), stopped.stdout
+    assert not embedded_postgres.is_running(pgdata)
+
+
+def test_a_command_that_needs_the_database_starts_it(pgdata):
+    result = _manage(pgdata, "migrate", "--noinput", "--verbosity", "0")
+    assert result.returncode == 0, result.stderr
+    assert embedded_postgres.is_running(pgdata)
+    assert embedded_postgres.start(pgdata) is False  # already running: attached, not started
+
+
+def test_a_setting_postgres_refuses_stops_the_start_with_its_message(pgdata, monkeypatch):
+    monkeypatch.setenv("CLETIR_PG_SHARED_BUFFERS", "lots")
+    with pytest.raises(embedded_postgres.EmbeddedPostgresError) as refused:
+        embedded_postgres.start(pgdata)
+    assert 'invalid value for parameter "shared_buffers": "lots"' in str(refused.value)
+    assert str(pgdata / "log") in str(refused.value)
+    assert not embedded_postgres.is_running(pgdata)
+
+
+def test_a_data_folder_too_deep_for_a_socket_path_gets_its_socket_in_tmp(tmp_path_factory):
+    pgdata = Path(tmp_path_factory.mktemp("pg")) / ("d" * 60) / ("e" * 40) / "data"
+    socket = embedded_postgres.socket_dir(pgdata)
+    assert socket.parent == Path("/tmp") and len(str(socket / ".s.PGSQL.5432")) <= 103
+    try:
+        db = embedded_postgres.ensure_running(pgdata)
+        assert db["HOST"] == str(socket)
+        with _connect(db) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        embedded_postgres.stop(pgdata)
+
+
+@pytest.mark.slow
+def test_a_worker_starts_the_server_it_needs(pgdata, tmp_path):
+    assert _manage(pgdata, "migrate", "--noinput", "--verbosity", "0").returncode == 0
+    assert embedded_postgres.stop(pgdata)
+    env = {**os.environ, "DJANGO_DEBUG": "1", "DJANGO_SETTINGS_MODULE": "cletir_site.settings",
+           "CLETIR_PGDATA": str(pgdata), "DATABASE_URL": "", "CLETIR_PRELOAD_MODELS": "0",
+           "CELERY_BROKER_URL": "filesystem://localhost//", "CLETIR_BROKER_DIR": str(tmp_path / "broker")}
+    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "cletir_site", "worker", "--queues", "default",
+                               "--concurrency", "1", "--hostname", f"pgtest-{os.getpid()}@%h"],
+                              cwd=PROJECT_DIR, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        from tests.conftest import wait_for
+
+        def heartbeats() -> int:
+            if not embedded_postgres.is_running(pgdata):
+                return 0
+            with _connect(embedded_postgres.connection_settings(pgdata)) as conn:
+                return conn.execute("SELECT count(*) FROM retrieval_workerheartbeat").fetchone()[0]
+
+        wait_for(heartbeats, timeout=90, message="the worker's heartbeat on the server it started")
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)

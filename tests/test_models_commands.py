@@ -21,7 +21,7 @@ from django.core.management import CommandError, call_command
 from PIL import Image
 
 from retrieval.engine.profiles import PROFILES, resolve_vlm_id
-from retrieval.engine.weights import MANIFEST, HubSource, MirrorSource, fetch_model
+from retrieval.weights import MANIFEST, HubSource, MirrorSource, fetch_model
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -278,6 +278,35 @@ def test_hub_source_checks_lfs_sha256_and_git_sha1(tmp_path):
     }
 
 
+@pytest.mark.django_db
+def test_activate_profile_falls_back_to_tiny_and_says_why_in_one_line(tiny_model_dir):
+    out, err = StringIO(), StringIO()
+    call_command("activate_profile", "default", "--fallback-tiny", stdout=out, stderr=err)
+    assert out.getvalue().splitlines()[0] == (
+        f"Models: 'tiny' random-weight demo models (meaningless results), because the 'default' profile's weights "
+        f"are not in {tiny_model_dir}; README \"Models and real weights\" says how to add them.")
+    assert out.getvalue().splitlines()[1].startswith("active space: tiny (")
+    # The loaders' reasons stay available, on stderr (`make demo` keeps them in its log file).
+    assert err.getvalue().startswith(
+        "No weights for the 'default' profile, so the 'tiny' models are used: VLM weights for profile 'default' "
+        f"not found: no local folder {tiny_model_dir / 'laion/CLIP-ViT-B-32-laion2B-s34B-b79K'}")
+
+
+def test_weights_tooling_imports_no_django_and_no_torch():
+    """retrieval.weights left the engine but stays usable without Django or torch (a copy
+    script, an air-gapped site's check)."""
+    code = (
+        "import sys\n"
+        "import retrieval.weights\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('django', 'torch'))\n"
+        "assert not heavy, heavy\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_models_lists_profiles_and_where_their_weights_are(hub, models_dir, tiny_model_dir, monkeypatch):
     import shutil
 
@@ -292,7 +321,7 @@ def test_models_lists_profiles_and_where_their_weights_are(hub, models_dir, tiny
     paper_vlm = resolve_vlm_id(PROFILES["paper"])
 
     def size(repo_id: str) -> str:
-        from retrieval.engine.weights import folder_size, human_size
+        from retrieval.weights import folder_size, human_size
 
         return human_size(folder_size(models_dir / repo_id))
 

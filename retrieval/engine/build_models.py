@@ -33,7 +33,9 @@ from pathlib import Path
 
 import torch
 
-from retrieval.engine.profiles import PROFILES, Profile, model_dir
+from retrieval.engine.model_folders import model_dir
+from retrieval.engine.profiles import PROFILES, Profile
+from retrieval.engine.runtime import progress_bars_only_on_a_terminal
 
 STAMP = ".cletir-built.json"
 # Bump when a recipe changes so stale folders are rebuilt.
@@ -225,8 +227,10 @@ def build_sd_pipeline(folder: Path, model_id: str, recipe: str) -> None:
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     # Stored in fp16 (as the hub's fp16 variants): half the disk and load time; the loader
-    # casts to the profile's dtype either way.
-    pipe.to(torch.float16)
+    # casts to the profile's dtype either way. Each model is cast with .half(): diffusers'
+    # pipeline .to(dtype) warns about fp32-only modules even when a model has none.
+    for model in (unet, vae, text_encoder):
+        model.half()
     pipe.save_pretrained(folder, safe_serialization=True)
     # Write the tokenizer files in the hub's own layout (vocab.json + merges.txt), replacing
     # whatever the installed transformers chose to serialise.
@@ -285,6 +289,7 @@ def build_profile(profile: Profile | str, out: Path | None = None, force: bool =
     if not prof.random_weights or prof.recipe is None:
         raise ValueError(f"profile {prof.name!r} uses real weights; only random-weight profiles can be built")
     root = Path(out) if out is not None else model_dir()
+    progress_bars_only_on_a_terminal()
     built: dict[str, Path] = {}
     for role, model_id in prof.model_ids().items():
         folder = root / model_id

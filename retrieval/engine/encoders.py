@@ -20,16 +20,15 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModel
 
 from retrieval.engine.photo_preprocessing import image_processor_spec, open_clip_spec, to_pixels
-from retrieval.engine.profiles import (
-    Profile,
+from retrieval.engine.fingerprints import weights_fingerprint
+from retrieval.engine.model_cache import load_once
+from retrieval.engine.model_folders import local_folder, missing_weights
+from retrieval.engine.profiles import Profile, resolve_vlm_id
+from retrieval.engine.runtime import (
     apply_torch_threads,
-    load_once,
-    local_folder,
-    missing_weights,
+    progress_bars_only_on_a_terminal,
     resolve_device,
     resolve_dtype,
-    resolve_vlm_id,
-    weights_fingerprint,
 )
 
 # The 80 CLIP ImageNet prompt templates, as "{}" format strings (open_clip keeps them as lambdas).
@@ -112,6 +111,7 @@ class Encoders:
 
     def __init__(self, profile: Profile, device: torch.device | str | None = None) -> None:
         apply_torch_threads()
+        progress_bars_only_on_a_terminal()
         self.profile = profile
         self.device = resolve_device(profile, device if device is None else str(device))
         self.dtype = resolve_dtype(profile.encoder_dtype, self.device, "encoder")

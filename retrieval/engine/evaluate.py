@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # importable (and testable) without torchvision/open_clip/diffusers being loaded.
     from .encoders import load_encoders
     from .generator import load_generator
-    from .profiles import get_profile
+    from .runtime import get_profile
 
     profile = get_profile(args.profile)
     k = args.k or profile.k

@@ -16,15 +16,15 @@ from diffusers import AutoencoderTiny, AutoPipelineForText2Image
 from diffusers.utils import is_accelerate_available
 from PIL import Image
 
-from retrieval.engine.profiles import (
-    Profile,
+from retrieval.engine.fingerprints import weights_fingerprint
+from retrieval.engine.model_cache import load_once
+from retrieval.engine.model_folders import local_folder, missing_weights
+from retrieval.engine.profiles import Profile
+from retrieval.engine.runtime import (
     apply_torch_threads,
-    load_once,
-    local_folder,
-    missing_weights,
+    progress_bars_only_on_a_terminal,
     resolve_device,
     resolve_dtype,
-    weights_fingerprint,
 )
 
 _LOAD_ERRORS = (OSError, RuntimeError, ValueError)
@@ -45,6 +45,7 @@ class ProxyGenerator:
 
     def __init__(self, profile: Profile, device: torch.device | str | None = None) -> None:
         apply_torch_threads()
+        progress_bars_only_on_a_terminal()
         self.profile = profile
         self.device = resolve_device(profile, None if device is None else str(device))
         self.dtype = resolve_dtype(profile.generator_dtype, self.device, "generator")

@@ -12,13 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.engine.profiles import (
-    PROFILES,
-    MissingWeightsError,
-    get_profile,
-    model_dir,
-    resolve_vlm_id,
-)
+from retrieval.engine.model_folders import MissingWeightsError, model_dir
+from retrieval.engine.profiles import PROFILES, resolve_vlm_id
+from retrieval.engine.runtime import get_profile
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -316,8 +312,9 @@ def test_engine_imports_no_django():
         "import importlib, pkgutil, sys\n"
         "import retrieval.engine as pkg\n"
         "assert 'torch' not in sys.modules, 'retrieval.engine must import nothing heavy'\n"
-        "import retrieval.engine.profiles\n"
-        "assert 'torch' not in sys.modules, 'profiles must import nothing heavy'\n"
+        "import retrieval.engine.profiles, retrieval.engine.runtime, retrieval.engine.model_folders\n"
+        "import retrieval.engine.fingerprints, retrieval.engine.model_cache\n"
+        "assert 'torch' not in sys.modules, 'profiles and their run-time helpers must import nothing heavy'\n"
         "names = [m.name for m in pkgutil.iter_modules(pkg.__path__, 'retrieval.engine.')]\n"
         "for name in names: importlib.import_module(name)\n"
         "assert 'retrieval.engine.encoders' in sys.modules and 'retrieval.engine.generator' in sys.modules\n"

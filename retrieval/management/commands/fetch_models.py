@@ -6,8 +6,10 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from retrieval.engine.profiles import PROFILES, get_profile, hub_offline, model_dir
-from retrieval.engine.weights import HubSource, MirrorSource, WeightSource, fetch_model, human_size
+from retrieval.engine.model_folders import hub_offline, model_dir
+from retrieval.engine.profiles import PROFILES
+from retrieval.engine.runtime import get_profile
+from retrieval.weights import HubSource, MirrorSource, WeightSource, fetch_model, human_size
 
 
 class Command(BaseCommand):

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from retrieval.engine.profiles import PROFILES, get_profile, model_dir
-from retrieval.engine.weights import MANIFEST, hub_cache_sizes, human_size, profile_status, verify_folder
+from retrieval.engine.model_folders import model_dir
+from retrieval.engine.profiles import PROFILES
+from retrieval.engine.runtime import get_profile
+from retrieval.weights import MANIFEST, hub_cache_sizes, human_size, profile_status, verify_folder
 
 
 class Command(BaseCommand):

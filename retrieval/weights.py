@@ -1,8 +1,10 @@
 """Real model weights on disk: which files a model needs, fetching them, checking them.
 
-A model's folder ``<model_dir()>/<hub id>`` is what the loaders in ``encoders`` / ``generator``
-read before they would try the hub, so a site that fills it (here, or by copying the folder from
-a machine with internet) never contacts the hub. Fetching:
+Operations tooling for ``manage.py fetch_models`` and ``manage.py models``, kept out of the ML
+engine (which only reads the folders). A model's folder ``<model_dir()>/<hub id>``
+(``retrieval.engine.model_folders``) is what the engine's loaders (``encoders`` /
+``generator``) read before they would try the hub, so a site that fills it (here, or by copying
+the folder from a machine with internet) never contacts the hub. Fetching:
 
 * lists the hub repo's files with their checksums (LFS files: sha256; small git files: the git
   blob id, a sha1 of ``"blob <size>\\0" + bytes``) and keeps only what the loaders read (one
