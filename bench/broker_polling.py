@@ -58,7 +58,7 @@ def measure(interval: float, idle_seconds: float) -> dict:
 
     django.setup()
     from cletir_site.celery import app
-    from retrieval.tasks.maintenance import ping
+    from retrieval.tasks import ping
 
     broker = Path(tempfile.mkdtemp(prefix="cletir-broker-"))
     for folder in ("queue", "control", "results"):
