@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .prompts import TEXT_MEANS
+
 ENV_MODEL_DIR = "CLETIR_MODEL_DIR"
 
 
@@ -60,6 +62,10 @@ class Profile:
     random_weights: bool = False
     # Builder recipe for random-weight profiles: "tiny", "default" or "paper".
     recipe: str | None = None
+    # How template embeddings become the text vector t (retrieval.engine.prompts): "normalized"
+    # (cletir: normalize(mean)) or "plain" (the authors' inference: the mean as it is). Use the
+    # convention the space's aggregator was trained with.
+    text_mean: str = "normalized"
 
     def model_ids(self) -> dict[str, str]:
         """The folder ids of every model this profile loads (decoder only when used)."""
@@ -93,6 +99,7 @@ _PAPER = Profile(
     k=10,
     proxy_size=512,
     steps=1,
+    text_mean="plain",  # as the authors' inference, so their checkpoint runs as they ran it
 )
 
 PROFILES: dict[str, Profile] = {
@@ -152,6 +159,7 @@ ENV_OVERRIDES: dict[str, tuple[str, Callable[[str], object]]] = {
     "CLETIR_ENCODER_DTYPE": ("encoder_dtype", str),
     "CLETIR_GENERATOR_DTYPE": ("generator_dtype", str),
     "CLETIR_BATCH_SIZE": ("batch_size", int),
+    "CLETIR_TEXT_MEAN": ("text_mean", lambda v: v.strip().lower()),
 }
 
 
@@ -174,6 +182,8 @@ def validate(profile: Profile) -> Profile:
     if profile.proxy_size % 64:
         # SD latents are size/8 and the UNet halves them three times.
         raise ValueError(f"profile {profile.name!r}: proxy_size must be a multiple of 64")
+    if profile.text_mean not in TEXT_MEANS:
+        raise ValueError(f"profile {profile.name!r}: text_mean must be one of {', '.join(TEXT_MEANS)}")
     return profile
 
 
