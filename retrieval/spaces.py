@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -63,6 +65,24 @@ def encoders_for(space: EmbeddingSpace):
 
 class SpaceMismatchError(RuntimeError):
     pass
+
+
+def use_aggregator(space: EmbeddingSpace, net, metadata: dict[str, str], origin: str = "") -> Path:
+    """Save an aggregation network under MEDIA_ROOT/aggregators/ and make it `space`'s.
+
+    A new file name each time (`origin` tells where the network came from): a search worker
+    reloads a space's aggregator when the file changes, and the previous file stays for
+    rollback. The space records the network's architecture beside the file.
+    """
+    from retrieval.engine.aggregator import save_aggregator
+
+    name = f"aggregators/space{space.pk}-{origin}{timezone.now():%Y%m%d-%H%M%S-%f}.safetensors"
+    path = Path(settings.MEDIA_ROOT) / name
+    save_aggregator(net, path, extra_metadata={"space_fingerprint": space.fingerprint, **metadata})
+    space.aggregator_file.name = name
+    space.aggregator_architecture = net.config.architecture
+    space.save(update_fields=["aggregator_file", "aggregator_architecture"])
+    return path
 
 
 def active_space() -> EmbeddingSpace | None:
