@@ -349,7 +349,8 @@ def _without_layer_norm(net: AggregatorNet) -> AggregatorNet:
 
 
 # (row label, text mean of the features, the network training starts from): each row changes
-# one thing of the row above it; the last row adds the paper's dropout to cletir's network.
+# one thing of the row above it; the last two rows give cletir's network one of the paper's
+# choices each.
 ABLATION: list[tuple[str, str, Callable[[int], ProxyAggregator]]] = [
     ("paper exactly: the authors' network, attention dropout 0.1, plain text mean", "plain",
      lambda d: PaperAggregatorNet(d)),
@@ -361,6 +362,7 @@ ABLATION: list[tuple[str, str, Callable[[int], ProxyAggregator]]] = [
      "normalized", lambda d: _without_layer_norm(AggregatorNet(d))),
     ("… LayerNorm on the query/key inputs: **cletir**", "normalized", lambda d: AggregatorNet(d)),
     ("cletir + attention dropout 0.1", "normalized", lambda d: AggregatorNet(d, attention_dropout=0.1)),
+    ("cletir + the plain text mean", "plain", lambda d: AggregatorNet(d)),
 ]
 
 
