@@ -25,7 +25,7 @@ and to see *when* it helps. The world is built as follows (all sizes in ``WorldS
   ``normalize(t_c + ρ_c·η)``, with a per-category template disagreement ρ_c in [0.2, 1.0] drawn
   *independently* of τ_c (an assumption: nothing here makes disagreeing templates a sign of a
   bad text vector). The text vector is their mean, re-normalised (cletir) or plain (the
-  authors; its norm, 0.74-0.98 here, shrinks the text branch of the fused score).
+  authors; its norm, 0.71-0.99 here, 0.87 on average, shrinks the text branch of the fused score).
 * **Generated proxies with a domain gap.** K = 8 proxies per category. The generator's concept
   of a category is ``z_gen = z_name + γ_c·ζ_c`` with its own per-category error γ_c in
   [0.2, 0.8], shared by all K proxies of the category (more proxies do not average it away).
