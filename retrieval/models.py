@@ -41,6 +41,12 @@ class EmbeddingSpace(models.Model):
     # Trained aggregation network for this space's vision encoder (safetensors, under
     # MEDIA_ROOT); without one, search uses the mean of the proxies and CLETIR_FUSION_LAMBDA.
     aggregator_file = models.FileField(upload_to="aggregators/", blank=True, max_length=500)
+    # Which network that file holds: "cletir" or "paper" (the authors' architecture, see
+    # retrieval.engine.aggregator); blank without a file. A file of another architecture than
+    # the one recorded here is not used (search falls back to the mean).
+    aggregator_architecture = models.CharField(
+        max_length=16, blank=True, choices=[("cletir", "cletir"), ("paper", "paper (the authors')")]
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

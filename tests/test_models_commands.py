@@ -408,6 +408,7 @@ def test_train_aggregator_saves_the_network_for_the_active_space(tiny_active_spa
     space = tiny_active_space
     space.refresh_from_db()
     assert space.aggregator_file.name.startswith(f"aggregators/space{space.pk}-")
+    assert space.aggregator_architecture == "cletir"
     path = media_root / space.aggregator_file.name
     assert path.is_file()
     lines = output.splitlines()
@@ -416,7 +417,7 @@ def test_train_aggregator_saves_the_network_for_the_active_space(tiny_active_spa
     assert lines[before + 1:before + 3] == ["| method | mAP |", "|---|---|"]
     assert [row.split(" | ")[0] for row in lines[before + 3:before + 6]] == [
         "| text only (λ=0)", "| proxies only (mean, λ=1)", "| text + mean proxies (λ=0.50)"]
-    after = next(i for i, line in enumerate(lines) if line.startswith("After (trained aggregator, best epoch "))
+    after = next(i for i, line in enumerate(lines) if line.startswith("After (trained cletir aggregator, best epoch "))
     net = space_aggregator(space)
     assert net is not None  # the product accepts it for this space
     assert [row.split(" | ")[0] for row in lines[after + 3:after + 5]] == [
@@ -457,7 +458,92 @@ def test_train_aggregator_refuses_a_network_that_does_not_beat_mean_pooling(tiny
     assert not (media_root / "aggregators").exists()
 
 
+def test_train_aggregator_refuses_a_template_file_it_cannot_use(tiny_active_space, tmp_path):
+    (tmp_path / "templates.txt").write_text("a photo of a dog.\n", encoding="utf-8")
+    with pytest.raises(CommandError, match=r"line 1: template 'a photo of a dog.' has no \{\}"):
+        _run("train_aggregator", str(_labelled_folder(tmp_path / "photos")), "--templates", str(tmp_path / "templates.txt"))
+
+
 def test_train_aggregator_needs_an_active_space(db, tmp_path):
     with pytest.raises(CommandError) as refused:
         _run("train_aggregator", str(_labelled_folder(tmp_path / "photos")))
     assert str(refused.value) == "no active embedding space: activate a profile first (manage.py activate_profile)"
+
+
+# ---------------------------------------------------------------------------- load_aggregator
+
+
+def _authors_checkpoint(path: Path, width: int, seed: int = 0):
+    """A model.pth as the authors' code saves it, from a replica of their module structure,
+    with every weight moved off its init as training would."""
+    import torch
+
+    from tests.engine.authors_replica import authors_model, save_authors_checkpoint
+
+    torch.manual_seed(seed)
+    model = authors_model(width)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    save_authors_checkpoint(model, path)
+    return model.eval()
+
+
+def test_load_aggregator_uses_the_authors_checkpoint_for_the_active_space(tiny_active_space, media_root, tmp_path):
+    import torch
+
+    from retrieval.engine.aggregator import PaperAggregatorNet, read_aggregator_metadata
+    from retrieval.search_runner import space_aggregator
+
+    space = tiny_active_space
+    authors = _authors_checkpoint(tmp_path / "model.pth", space.vision_dim)
+    out, err = StringIO(), StringIO()
+    call_command("load_aggregator", str(tmp_path / "model.pth"), stdout=out, stderr=err)
+
+    space.refresh_from_db()
+    assert space.aggregator_architecture == "paper"
+    assert space.aggregator_file.name.startswith(f"aggregators/space{space.pk}-authors-")
+    path = media_root / space.aggregator_file.name
+    net = space_aggregator(space)
+    assert isinstance(net, PaperAggregatorNet)
+    assert out.getvalue().strip() == (
+        f"saved {path}; space {space} now aggregates proxies with the authors' network "
+        f"(2 layers, {space.vision_dim} wide, λ={net.lam():.3f})"
+    )
+    # The tiny profile re-normalises the text mean; the authors did not: the site is told.
+    assert "set CLETIR_TEXT_MEAN=plain for the search workers" in err.getvalue()
+    proxies = torch.nn.functional.normalize(torch.randn(2, 4, space.vision_dim), dim=-1)
+    with torch.no_grad():
+        assert (net(proxies) - authors(proxies)[0]).abs().max() <= 1e-6
+    assert net.lam() == pytest.approx(float(authors.sigmoid(authors.lamda.detach())), abs=1e-7)
+    metadata = read_aggregator_metadata(path)
+    assert metadata["text_mean"] == "plain" and metadata["space_fingerprint"] == space.fingerprint
+    assert metadata["source_sha256"] == hashlib.sha256((tmp_path / "model.pth").read_bytes()).hexdigest()
+
+
+def test_load_aggregator_refuses_a_checkpoint_of_another_width(tiny_active_space, media_root, tmp_path):
+    space = tiny_active_space
+    _authors_checkpoint(tmp_path / "model.pth", 1024)  # the authors' released width: DINOv2-large
+    with pytest.raises(CommandError) as refused:
+        _run("load_aggregator", str(tmp_path / "model.pth"))
+    assert str(refused.value) == (
+        f"{tmp_path / 'model.pth'} holds an aggregator for 1024-d vision features, but {space.vision_model}'s "
+        f"features are {space.vision_dim}-d: it cannot aggregate them. Use it with a space whose vision encoder "
+        "gives 1024-d features (the authors trained on DINOv2-large, 1024-d: the `paper` profile). "
+        f"Nothing changed: space {space} keeps its aggregator."
+    )
+    space.refresh_from_db()
+    assert space.aggregator_file.name == "" and space.aggregator_architecture == ""
+    assert not (media_root / "aggregators").exists()
+
+
+def test_a_space_ignores_an_aggregator_file_of_another_architecture(tiny_active_space, media_root, tmp_path):
+    from retrieval.search_runner import space_aggregator
+
+    space = tiny_active_space
+    _authors_checkpoint(tmp_path / "model.pth", space.vision_dim)
+    _run("load_aggregator", str(tmp_path / "model.pth"))
+    space.refresh_from_db()
+    assert space_aggregator(space) is not None
+    space.aggregator_architecture = "cletir"  # e.g. a file set back in the admin without its architecture
+    assert space_aggregator(space) is None  # the mean, not a network the space does not record

@@ -30,6 +30,7 @@ from retrieval.engine.runtime import (
     resolve_device,
     resolve_dtype,
 )
+from retrieval.engine.prompts import ensemble_templates
 
 # The 80 CLIP ImageNet prompt templates, as "{}" format strings (open_clip keeps them as lambdas).
 CLIP_TEMPLATES: tuple[str, ...] = tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
@@ -173,8 +174,9 @@ class Encoders:
         """T(query), averaged over prompt templates: (len(queries), vlm_dim) float32, unit norm.
 
         ``templates`` are strings with one "{}" (None: the 80 CLIP ImageNet templates). Each
-        prompt is encoded and normalised, the prompts of a query are averaged, and the mean is
-        normalised again (CLIP's zero-shot ensembling).
+        prompt is encoded and normalised and the prompts of a query are averaged; the mean is
+        normalised again (CLIP's zero-shot ensembling) unless the profile's ``text_mean`` is
+        "plain", the authors' convention (`retrieval.engine.prompts`).
         """
         templates = CLIP_TEMPLATES if templates is None else tuple(templates)
         if not templates:
@@ -189,7 +191,7 @@ class Encoders:
             if not feats:
                 return np.zeros((0, self.vlm_dim), dtype=np.float32)
             per_prompt = torch.cat(feats).reshape(len(queries), len(templates), -1)
-            return _normalize(per_prompt.mean(dim=1))
+            return ensemble_templates(per_prompt.cpu().numpy(), self.profile.text_mean)
 
     # ------------------------------------------------------------------ images
 

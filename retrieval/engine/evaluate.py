@@ -1,7 +1,7 @@
 """Evaluate the method on a labelled image folder and write the feature file that ``train`` reads.
 
     python -m retrieval.engine.evaluate PHOTOS/ --profile default [--k 4] [--seed 0]
-        [--aggregator agg.safetensors] [--templates all|single] [--lam 0.5]
+        [--aggregator agg.safetensors] [--templates all|single|FILE] [--lam 0.5]
         [--features-out features.npz] [--device cpu]
 
 ``PHOTOS/`` holds one sub-folder per category; the sub-folder name is the query text
@@ -10,7 +10,8 @@
 
 This is the METHOD.md evaluation protocol: every category is one query, the database is every
 photo, the positives are the query's own photos. For each category the text vector is encoded
-(80 CLIP templates, or the single proxy prompt with ``--templates single``), the profile's
+(80 CLIP templates; the single proxy prompt with ``--templates single``; or a site's own list
+with ``--templates FILE``, one template a line, ``{}`` for the category), the profile's
 generator makes K proxy images (seeds ``seed .. seed+K-1``, so a run is reproducible) and the
 vision encoder embeds them. The printed table is the mAP of: text only (λ=0), proxies only
 (mean pooling), text + mean proxies fused at ``--lam``, and text + aggregator at its learned λ
@@ -31,7 +32,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .aggregator import AggregatorNet, load_aggregator
+from .aggregator import ProxyAggregator, load_aggregator
+from .prompts import read_templates
 from .seeds import proxy_seeds
 from .train import FeatureSet, compare_methods, format_table, save_features
 
@@ -95,12 +97,19 @@ def scan_folder(root: str | Path) -> LabelledFolder:
 
 
 def resolve_templates(mode: str, proxy_prompt: str) -> list[str] | None:
-    """``all`` -> None (the encoder's 80 CLIP templates); ``single`` -> [the profile's prompt]."""
+    """``all`` -> None (the encoder's 80 CLIP templates); ``single`` -> [the profile's prompt];
+    anything else is a file of templates, one a line (:func:`~retrieval.engine.prompts.read_templates`).
+
+    The authors ship per-dataset prompt lists (1 to 48 templates) that their inference does not
+    use; a file lets a site measure its own against the 80.
+    """
     if mode == "all":
         return None
     if mode == "single":
         return [proxy_prompt]
-    raise ValueError(f"templates must be 'all' or 'single', got {mode!r}")
+    if not Path(mode).is_file():
+        raise ValueError(f"templates must be 'all', 'single' or a file of templates; no file {mode!r}")
+    return read_templates(mode)
 
 
 def _load_rgb(path: Path):
@@ -160,6 +169,7 @@ def extract_features(
             "k": k,
             "seeds": seeds,
             "templates": "all (80 CLIP ImageNet)" if templates is None else list(templates),
+            "text_mean": encoders.profile.text_mean,
             "root": str(folder.root),
             "category_folders": folder.categories,
             "photos": [str(p.relative_to(folder.root)) for p in folder.paths],
@@ -167,7 +177,7 @@ def extract_features(
     )
 
 
-def check_aggregator(net: AggregatorNet, vision_dim: int, vision_model: str) -> None:
+def check_aggregator(net: ProxyAggregator, vision_dim: int, vision_model: str) -> None:
     """Refuse a network trained for other vision features (METHOD.md: never mix spaces)."""
     if net.dim != vision_dim:
         raise ValueError(f"aggregator width {net.dim} != vision feature dim {vision_dim}")
@@ -188,7 +198,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=None, help="proxies per category (default: the profile's)")
     p.add_argument("--seed", type=int, default=0, help="first generation seed")
     p.add_argument("--aggregator", type=Path, default=None, help="trained aggregator (.safetensors)")
-    p.add_argument("--templates", choices=("all", "single"), default="all")
+    p.add_argument(
+        "--templates",
+        default="all",
+        help="all (the 80 CLIP templates), single (the profile's proxy prompt), or a file with "
+        "one template a line, {} for the category",
+    )
     p.add_argument("--lam", type=float, default=0.5, help="λ for text + mean proxies (default 0.5)")
     p.add_argument("--features-out", type=Path, default=None, help="write the train feature file here")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the profile's choice)")
@@ -198,7 +213,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     # Model side imported here, not at module level: the table/feature helpers above stay
     # importable (and testable) without torchvision/open_clip/diffusers being loaded.
     from .encoders import load_encoders
@@ -206,6 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .runtime import get_profile
 
     profile = get_profile(args.profile)
+    try:
+        templates = resolve_templates(args.templates, profile.proxy_prompt)
+    except ValueError as exc:
+        parser.error(str(exc))  # exits with status 2 and the usage, before any model loads
     k = args.k or profile.k
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     net = load_aggregator(args.aggregator) if args.aggregator else None
@@ -214,7 +234,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if net is not None:
         check_aggregator(net, encoders.vision_dim, profile.vision)
     generator = load_generator(profile, args.device)
-    templates = resolve_templates(args.templates, profile.proxy_prompt)
     features = extract_features(
         folder, encoders, generator, k, args.seed, templates, args.batch_size, log
     )
@@ -224,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"features written to {args.features_out}")
     print(
         f"profile {profile.name}: {len(folder.categories)} categories, {len(folder.paths)} photos, "
-        f"K={k}, seed {args.seed}, templates {args.templates}\n"
+        f"K={k}, seed {args.seed}, templates {args.templates}, text mean {profile.text_mean}\n"
     )
     print(format_table(compare_methods(features, None, net, args.lam)))
     return 0

@@ -10,7 +10,8 @@ r_j and n positives::
     AP = sum_j (precision_0 + precision_1) / 2 * (1 / n)
 
 Ranking: scores are sorted descending with a stable sort, so ties keep the database order
-(deterministic; ties are rare with float features). A query without positives has an undefined
+(deterministic; ties are rare with float features). Integer and boolean scores are ranked as
+numbers (True above False); a NaN score is an error, never silently ranked last. A query without positives has an undefined
 AP (NaN) and is left out of the mean, like the revisited benchmark does.
 
 Everything is vectorised over queries; the (Q, N) work is done in chunks of queries so that an
@@ -36,8 +37,32 @@ __all__ = [
 _CHUNK_CELLS = 4_000_000
 
 
-def _as_2d(scores: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+def _as_float_scores(scores: np.ndarray) -> np.ndarray:
+    """Scores as a floating array that ``argsort(-s)`` ranks correctly, refusing NaN.
+
+    Floating scores are kept as they are (no float64 copy of an ImageNet-sized matrix). Integer
+    and boolean scores are cast to float64: negating an unsigned integer wraps (-3 becomes
+    2**64 - 3, so the best item would rank last) and numpy refuses to negate a boolean. A NaN
+    has no place in a ranking (argsort puts it last, silently), so it is an error that names
+    the first query holding one.
+    """
     s = np.asarray(scores)
+    if np.issubdtype(s.dtype, np.complexfloating) or not (
+        np.issubdtype(s.dtype, np.number) or s.dtype == np.bool_
+    ):
+        raise TypeError(f"scores must be real numbers or booleans, got dtype {s.dtype}")
+    if not np.issubdtype(s.dtype, np.floating):
+        return s.astype(np.float64)
+    nan = np.isnan(s)
+    if nan.any():
+        where = np.argwhere(nan)[0]
+        query = f"query {where[0]}, " if s.ndim == 2 else ""
+        raise ValueError(f"scores contain NaN ({query}item {where[-1]}): a NaN score cannot be ranked")
+    return s
+
+
+def _as_2d(scores: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    s = _as_float_scores(scores)
     p = np.asarray(positives).astype(bool)
     if s.shape != p.shape:
         raise ValueError(f"scores {s.shape} and positives {p.shape} must have the same shape")
@@ -111,9 +136,9 @@ def average_precisions(scores: np.ndarray, positives: np.ndarray) -> np.ndarray:
 
 def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
     """AP of one query: ``scores`` (N,) (higher = better), ``positives`` (N,) bool."""
-    s = np.asarray(scores)
-    if s.ndim != 1:
-        raise ValueError(f"expected 1-D scores for one query, got {s.shape}; use average_precisions")
+    if np.ndim(scores) != 1:
+        raise ValueError(f"expected 1-D scores for one query, got {np.shape(scores)}; use average_precisions")
+    s = scores
     return float(average_precisions(s, positives)[0])
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .prompts import TEXT_MEANS
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -52,6 +54,10 @@ class Profile:
     random_weights: bool = False
     # Builder recipe for random-weight profiles: "tiny", "default" or "paper".
     recipe: str | None = None
+    # How template embeddings become the text vector t (retrieval.engine.prompts): "normalized"
+    # (cletir: normalize(mean)) or "plain" (the authors' inference: the mean as it is). Use the
+    # convention the space's aggregator was trained with.
+    text_mean: str = "normalized"
 
     def model_ids(self) -> dict[str, str]:
         """The folder ids of every model this profile loads (decoder only when used)."""
@@ -85,6 +91,7 @@ _PAPER = Profile(
     k=10,
     proxy_size=512,
     steps=1,
+    text_mean="plain",  # as the authors' inference, so their checkpoint runs as they ran it
 )
 
 PROFILES: dict[str, Profile] = {
@@ -141,6 +148,8 @@ def validate(profile: Profile) -> Profile:
     if profile.proxy_size % 64:
         # SD latents are size/8 and the UNet halves them three times.
         raise ValueError(f"profile {profile.name!r}: proxy_size must be a multiple of 64")
+    if profile.text_mean not in TEXT_MEANS:
+        raise ValueError(f"profile {profile.name!r}: text_mean must be one of {', '.join(TEXT_MEANS)}")
     return profile
 
 

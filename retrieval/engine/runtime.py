@@ -28,6 +28,7 @@ ENV_OVERRIDES: dict[str, tuple[str, Callable[[str], object]]] = {
     "CLETIR_ENCODER_DTYPE": ("encoder_dtype", str),
     "CLETIR_GENERATOR_DTYPE": ("generator_dtype", str),
     "CLETIR_BATCH_SIZE": ("batch_size", int),
+    "CLETIR_TEXT_MEAN": ("text_mean", lambda v: v.strip().lower()),
 }
 
 

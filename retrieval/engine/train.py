@@ -37,6 +37,10 @@ Training (METHOD.md, "Training the aggregator"):
   by 1/#photos so that, like mAP, each category counts the same whatever its number of photos.
 * **Optimiser.** Adam, seeded torch + a seeded generator for the photo order, so a run is
   repeatable on the same machine.
+* **Architecture.** ``TrainConfig.architecture`` picks cletir's network or the authors'
+  (``paper``, with their attention dropout of 0.1 unless ``attention_dropout`` says otherwise);
+  both train in this same loop (the authors' training code is not public). ``initial`` starts
+  from given weights instead (e.g. the authors' checkpoint, fine-tuned on a site's photos).
 * **Early stopping** on validation mAP of the fused ranking (aggregator + learned λ); the state
   of the best epoch is kept and saved. The reference is the method's untrained default, mean
   pooling with λ = 0.5 (``baseline_val_map``); when no epoch beats it, ``TrainResult.improved``
@@ -59,7 +63,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .aggregator import AggregatorNet, aggregate, mean_pool, save_aggregator
+from .aggregator import (
+    ARCHITECTURES,
+    DEFAULT_ARCHITECTURE,
+    PAPER_ATTENTION_DROPOUT,
+    AggregatorConfig,
+    ProxyAggregator,
+    aggregate,
+    build_aggregator,
+    mean_pool,
+    save_aggregator,
+)
 from .fusion import fused_scores
 from .metrics import mean_average_precision
 
@@ -73,6 +87,8 @@ __all__ = [
     "EpochLog",
     "TrainResult",
     "train_aggregator",
+    "add_architecture_arguments",
+    "text_mean_metadata",
     "fused_map",
     "compare_methods",
     "format_table",
@@ -207,7 +223,7 @@ def fused_map(features: FeatureSet, categories: np.ndarray, queries: np.ndarray,
 def compare_methods(
     features: FeatureSet,
     categories: np.ndarray | None = None,
-    net: AggregatorNet | None = None,
+    net: ProxyAggregator | None = None,
     lam: float = 0.5,
 ) -> list[tuple[str, float | None]]:
     """The METHOD.md comparison table on ``categories`` (default: all): (row label, mAP or None).
@@ -268,6 +284,20 @@ class TrainConfig:
     # Probability of switching each proxy off per step (at least one stays): the product lets
     # users drop proxies, and it discourages memorising the training categories' proxy sets.
     proxy_dropout: float = 0.0
+    # "cletir" or "paper" (retrieval.engine.aggregator); see README "Where cletir differs".
+    architecture: str = DEFAULT_ARCHITECTURE
+    # Attention dropout while training; None: the architecture's recipe (paper 0.1, cletir 0).
+    attention_dropout: float | None = None
+
+    def network_config(self, dim: int) -> AggregatorConfig:
+        """The config of the network this training builds for ``dim``-d vision features."""
+        dropout = self.attention_dropout
+        if dropout is None:
+            dropout = PAPER_ATTENTION_DROPOUT if self.architecture == "paper" else 0.0
+        return AggregatorConfig(
+            dim=dim, layers=self.layers, vision_model=self.vision_model,
+            architecture=self.architecture, attention_dropout=dropout,
+        )
 
 
 @dataclass
@@ -281,7 +311,7 @@ class EpochLog:
 
 @dataclass
 class TrainResult:
-    net: AggregatorNet  # the best-epoch network, in eval mode
+    net: ProxyAggregator  # the best-epoch network, in eval mode
     best_epoch: int
     best_val_map: float
     baseline_val_map: float  # mean pooling, λ = 0.5: the untrained default of the method
@@ -320,7 +350,7 @@ def _dropout_mask(shape: torch.Size, p: float, gen: torch.Generator) -> torch.Te
     return keep
 
 
-def _validation_map(net: AggregatorNet, features: FeatureSet, val_cats: np.ndarray) -> float:
+def _validation_map(net: ProxyAggregator, features: FeatureSet, val_cats: np.ndarray) -> float:
     return fused_map(features, val_cats, aggregate(features.proxy_features[val_cats], net), net.lam())
 
 
@@ -328,12 +358,18 @@ def train_aggregator(
     features: FeatureSet,
     config: TrainConfig | None = None,
     log: Callable[[str], None] | None = None,
+    initial: ProxyAggregator | None = None,
 ) -> TrainResult:
-    """Train an :class:`AggregatorNet` and its w on the training categories of ``features``.
+    """Train an aggregation network and its w on the training categories of ``features``.
 
-    ``log`` receives one line per epoch (None = silent). Returns the best-epoch network.
+    The network is a new one of ``config.architecture``, or a copy of ``initial`` (whose own
+    architecture and config then apply; the original is left untouched). ``log`` receives one
+    line per epoch (None = silent). Returns the best-epoch network.
     """
     cfg = config or TrainConfig()
+    dim = features.proxy_features.shape[-1]
+    if initial is not None and initial.dim != dim:
+        raise ValueError(f"the initial network is {initial.dim} wide, the proxy features are {dim}-d")
     train_cats, val_cats = split_categories(features.n_categories, cfg.val_fraction, cfg.seed)
 
     # Training data: only photos of training categories, labels remapped to 0..C_train-1.
@@ -353,14 +389,14 @@ def train_aggregator(
 
     torch.manual_seed(cfg.seed)
     order_gen = torch.Generator().manual_seed(cfg.seed)
-    net = AggregatorNet(features.proxy_features.shape[-1], cfg.layers, cfg.vision_model)
+    net = build_aggregator(cfg.network_config(dim)) if initial is None else copy.deepcopy(initial)
     log_scale = torch.nn.Parameter(torch.tensor(math.log(1.0 / cfg.temperature)))
     # No weight decay on w and the temperature: decaying w would pull λ towards 0.5 for no reason.
-    decay = [p for n, p in net.named_parameters() if n != "w"]
+    decay = [p for p in net.parameters() if p is not net.fusion_logit]
     optim = torch.optim.Adam(
         [
             {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": [net.w, log_scale], "weight_decay": 0.0},
+            {"params": [net.fusion_logit, log_scale], "weight_decay": 0.0},
         ],
         lr=cfg.lr,
     )
@@ -370,7 +406,8 @@ def train_aggregator(
     history = [EpochLog(0, float("nan"), net.lam(), untrained, 0.0)]
     if log:
         log(f"baseline   mean pooling, λ=0.50               val mAP {baseline:.4f}")
-        log(f"epoch   0  untrained network, λ=0.50          val mAP {untrained:.4f}")
+        origin = "untrained" if initial is None else "initial"
+        log(f"epoch   0  {origin} {net.config.architecture} network, λ={net.lam():.2f}  val mAP {untrained:.4f}")
     # Only trained epochs are candidates: METHOD.md forbids serving the untrained network.
     best_map, best_epoch, best_state = -1.0, 0, copy.deepcopy(net.state_dict())
     stale = 0
@@ -381,7 +418,7 @@ def train_aggregator(
         total, seen = 0.0, 0
         for batch in perm.split(cfg.batch_size):
             q = net(proxies, _dropout_mask(proxies.shape[:2], cfg.proxy_dropout, order_gen))
-            lam = torch.sigmoid(net.w)
+            lam = torch.sigmoid(net.fusion_logit)
             scores = (1.0 - lam) * (vlm_all[batch] @ texts.T) + lam * (vis_all[batch] @ q.T)
             loss = _loss(scores * log_scale.exp(), y_all[batch], class_weight, cfg.loss)
             optim.zero_grad(set_to_none=True)
@@ -415,6 +452,29 @@ def train_aggregator(
 # ----------------------------------------------------------------------------- CLI
 
 
+def add_architecture_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--architecture`` and ``--attention-dropout``, shared with ``manage.py train_aggregator``."""
+    parser.add_argument(
+        "--architecture",
+        choices=ARCHITECTURES,
+        default=DEFAULT_ARCHITECTURE,
+        help="cletir's network or the authors' (paper); README: where cletir differs from the paper",
+    )
+    parser.add_argument(
+        "--attention-dropout",
+        type=float,
+        default=None,
+        help=f"attention dropout while training (default: {PAPER_ATTENTION_DROPOUT} for paper, 0 for cletir)",
+    )
+
+
+def text_mean_metadata(features: FeatureSet) -> dict[str, str]:
+    """The text convention the features were made with, for the saved network's metadata:
+    a network is meant to be used with the convention it was trained on."""
+    text_mean = features.metadata.get("text_mean")
+    return {"text_mean": str(text_mean)} if text_mean else {}
+
+
 def _parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(
@@ -433,6 +493,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, default=d.layers)
     p.add_argument("--loss", choices=("both", "photo", "query"), default=d.loss)
     p.add_argument("--proxy-dropout", type=float, default=d.proxy_dropout)
+    add_architecture_arguments(p)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument(
         "--vision-model",
@@ -459,6 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         proxy_dropout=args.proxy_dropout,
         seed=args.seed,
         vision_model=vision_model,
+        architecture=args.architecture,
+        attention_dropout=args.attention_dropout,
     )
     print(
         f"{features.n_categories} categories ({features.proxy_features.shape[1]} proxies each), "
@@ -474,9 +537,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "baseline_val_map": f"{result.baseline_val_map:.6f}",
             "train_categories": json.dumps(features.category_names[result.train_categories].tolist()),
             "seed": str(args.seed),
+            **text_mean_metadata(features),
         },
     )
-    print(f"\nbest epoch {result.best_epoch}; saved {args.out}")
+    print(f"\nbest epoch {result.best_epoch} ({result.net.config.architecture} architecture); saved {args.out}")
     if not result.improved:
         print(
             f"WARNING: the trained aggregator ({result.best_val_map:.4f}) does not beat mean pooling "

@@ -1,7 +1,11 @@
-"""Indexing operations the admin, the commands and the pages start: activating a space and
-re-indexing photos. Both change what is pending and queue the indexing task."""
+"""Operations on spaces that the admin, the commands and the pages start: activating a space and
+re-indexing photos (both change what is pending and queue the indexing task), and giving a
+space its aggregation network."""
 from __future__ import annotations
 
+from pathlib import Path
+
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
@@ -43,3 +47,23 @@ def reindex(space: EmbeddingSpace, assets: QuerySet[Asset]) -> int:
             EmbeddingSpace.objects.filter(pk=space.pk).update(completed_at=None)
         transaction.on_commit(lambda: schedule_indexing(space))
     return len(ids)
+
+
+def use_aggregator(space: EmbeddingSpace, net, metadata: dict[str, str], origin: str = "") -> Path:
+    """Save an aggregation network under MEDIA_ROOT/aggregators/ and make it `space`'s.
+
+    A new file name each time (`origin` tells where the network came from): a search worker
+    reloads a space's aggregator when the file changes, and the previous file stays for
+    rollback. The space records the network's architecture beside the file.
+    """
+    # Imported where used: the network module loads torch, which the web process (the admin
+    # imports this module) never needs.
+    from retrieval.engine.aggregator import save_aggregator
+
+    name = f"aggregators/space{space.pk}-{origin}{timezone.now():%Y%m%d-%H%M%S-%f}.safetensors"
+    path = Path(settings.MEDIA_ROOT) / name
+    save_aggregator(net, path, extra_metadata={"space_fingerprint": space.fingerprint, **metadata})
+    space.aggregator_file.name = name
+    space.aggregator_architecture = net.config.architecture
+    space.save(update_fields=["aggregator_file", "aggregator_architecture"])
+    return path

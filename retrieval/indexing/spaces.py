@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-
 from django.db import transaction
 from django.utils import timezone
 

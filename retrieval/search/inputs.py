@@ -78,6 +78,10 @@ def space_aggregator(space: EmbeddingSpace):
         logger.warning("aggregator %s was trained for %s (dim %d), not %s (dim %d): using the mean",
                        path, trained_for or "?", net.dim, space.vision_model, space.vision_dim)
         return None
+    if space.aggregator_architecture and net.config.architecture != space.aggregator_architecture:
+        logger.warning("aggregator %s holds a %s network, the space records %s: using the mean",
+                       path, net.config.architecture, space.aggregator_architecture)
+        return None
     return net
 
 

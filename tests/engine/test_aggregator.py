@@ -209,3 +209,19 @@ def test_aggregate_mean_fallback_and_network_path() -> None:
     batch = aggregate(np.stack([g, g[::-1]]), net)
     assert batch.shape == (2, D)
     np.testing.assert_allclose(batch[0], aggregate(g, net), atol=1e-6)
+
+
+def test_a_file_from_before_architectures_loads_as_cletirs_network(tmp_path) -> None:
+    import json
+
+    net = _perturbed_net(seed=2)
+    path = tmp_path / "old.safetensors"
+    # What save_aggregator wrote before the architecture option: no architecture, no dropout.
+    old_config = {"dim": D, "layers": 2, "vision_model": "test/vision"}
+    tensors = {name: t.detach().contiguous() for name, t in net.state_dict().items()}
+    save_file(tensors, str(path), metadata={"format": "cletir-aggregator/1", "config": json.dumps(old_config)})
+    loaded = load_aggregator(path)
+    assert type(loaded) is AggregatorNet and loaded.config.architecture == "cletir"
+    g = _proxies()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(g), net(g), atol=0, rtol=0)

@@ -43,6 +43,35 @@ def test_query_text_and_seeds_and_templates() -> None:
     assert resolve_templates("single", "a photo of a {}.") == ["a photo of a {}."]
 
 
+def test_templates_from_a_file(tmp_path) -> None:
+    path = tmp_path / "food.txt"
+    path.write_text("a photo of {}, a type of food.\n", encoding="utf-8")
+    assert resolve_templates(str(path), "a photo of a {}.") == ["a photo of {}, a type of food."]
+    with pytest.raises(ValueError, match="'all', 'single' or a file of templates; no file"):
+        resolve_templates(str(tmp_path / "missing.txt"), "a photo of a {}.")
+
+
+def test_evaluate_encodes_the_text_with_a_template_file(tmp_path, tiny_model_dir, tiny_encoders, capsys) -> None:
+    photos = _photo_folder(tmp_path / "photos", per_category=1)
+    templates = tmp_path / "templates.txt"
+    templates.write_text("a photo of a {}.\na blurry photo of the {}.\n", encoding="utf-8")
+    feats = tmp_path / "f.npz"
+    args = [str(photos), "--profile", "tiny", "--k", "1", "--quiet", "--features-out", str(feats)]
+    assert main(args + ["--templates", str(templates)]) == 0
+    assert f"templates {templates}, text mean normalized" in capsys.readouterr().out
+    fs = load_features(feats)
+    assert fs.metadata["templates"] == ["a photo of a {}.", "a blurry photo of the {}."]
+    assert fs.metadata["text_mean"] == "normalized"
+    expected = tiny_encoders.encode_text(fs.category_names.tolist(), ["a photo of a {}.", "a blurry photo of the {}."])
+    np.testing.assert_allclose(fs.text_features, expected, atol=1e-6)
+
+    templates.write_text("a photo of a dog.\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as refused:
+        main(args + ["--templates", str(templates)])
+    assert refused.value.code == 2
+    assert "line 1: template 'a photo of a dog.' has no {}" in capsys.readouterr().err
+
+
 def test_scan_folder_labels_sorted_categories_and_skips_non_images(tmp_path) -> None:
     folder = scan_folder(_photo_folder(tmp_path))
     assert folder.categories == ["golden_retriever", "red__sports_car", "sea_turtle"]  # empty skipped

@@ -113,3 +113,35 @@ def test_precision_and_recall_at_k() -> None:
     assert batch_p.tolist() == pytest.approx([0.5, 0.5])
     with pytest.raises(ValueError):
         precision_at_k(scores, positives, 0)
+
+
+# ---------------------------------------------------------------------------- score dtypes
+
+
+def test_unsigned_integer_scores_rank_descending() -> None:
+    # argsort(-s) on unsigned integers wraps (-3 becomes 2**64 - 3): the best item ranked last.
+    scores = np.array([3, 2, 1, 0], dtype=np.uint8)
+    positives = np.array([True, False, False, False])
+    assert average_precision(scores, positives) == 1.0
+    assert average_precision(scores.astype(np.uint64), positives) == 1.0
+    assert ranked_positive_flags(scores, positives).tolist() == [True, False, False, False]
+    assert precision_at_k(scores, positives, 1) == 1.0
+
+
+def test_boolean_scores_rank_true_first() -> None:
+    scores = np.array([False, True, False, True])
+    positives = np.array([False, True, False, False])
+    # True items first (database order among equals): positive at rank 0.
+    assert average_precision(scores, positives) == 1.0
+    assert average_precision(~scores, positives) == pytest.approx((0 + 1 / 3) / 2)
+
+
+def test_nan_scores_are_refused_with_the_query_named() -> None:
+    scores = np.array([[0.3, 0.2, 0.1], [0.5, np.nan, 0.1]])
+    positives = np.array([[True, False, False], [False, True, False]])
+    with pytest.raises(ValueError, match=r"NaN.*query 1"):
+        average_precisions(scores, positives)
+    with pytest.raises(ValueError, match="NaN"):
+        average_precision(scores[1], positives[1])
+    with pytest.raises(ValueError, match="NaN"):
+        recall_at_k(scores, positives, 2)

@@ -67,6 +67,15 @@ def test_env_overrides_and_validation():
         get_profile("default", environ={"CLETIR_PROXY_SIZE": "300"})
 
 
+def test_text_mean_convention_per_profile():
+    # cletir re-normalises the template mean; the paper profile runs the authors' plain mean.
+    assert PROFILES["default"].text_mean == "normalized" and PROFILES["tiny"].text_mean == "normalized"
+    assert PROFILES["paper"].text_mean == "plain" and PROFILES["paper-random"].text_mean == "plain"
+    assert get_profile("default", environ={"CLETIR_TEXT_MEAN": " Plain"}).text_mean == "plain"
+    with pytest.raises(ValueError, match="text_mean must be one of normalized, plain"):
+        get_profile("default", environ={"CLETIR_TEXT_MEAN": "median"})
+
+
 def test_model_dir_from_env(monkeypatch, tmp_path):
     monkeypatch.setenv("CLETIR_MODEL_DIR", str(tmp_path))
     assert model_dir() == tmp_path
@@ -162,6 +171,22 @@ def test_template_ensembling(tiny_encoders):
     np.testing.assert_allclose(many[0], mean / np.linalg.norm(mean), atol=1e-5)
     with pytest.raises(ValueError):
         e.encode_text(["x"], templates=[])
+
+
+def test_plain_text_mean_is_the_authors_unnormalised_mean(tiny_model_dir, tiny_encoders):
+    import dataclasses
+
+    from retrieval.engine.encoders import CLIP_TEMPLATES, Encoders
+
+    plain = Encoders(dataclasses.replace(tiny_encoders.profile, text_mean="plain"), "cpu")
+    per = np.concatenate([tiny_encoders.encode_text(["golden retriever"], templates=[t]) for t in CLIP_TEMPLATES])
+    t = plain.encode_text(["golden retriever"])[0]
+    np.testing.assert_allclose(t, per.mean(axis=0), atol=1e-5)
+    assert np.linalg.norm(t) < 0.999  # the templates disagree: shorter than a unit vector
+    # Same direction as cletir's convention; one template is the same vector either way.
+    np.testing.assert_allclose(t / np.linalg.norm(t), tiny_encoders.encode_text(["golden retriever"])[0], atol=1e-5)
+    one = ["a photo of a {}."]
+    np.testing.assert_allclose(plain.encode_text(["dog"], one), tiny_encoders.encode_text(["dog"], one), atol=1e-6)
 
 
 def test_text_truncation_matches_open_clip(tiny_encoders):

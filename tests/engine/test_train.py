@@ -160,3 +160,43 @@ def test_proxy_dropout_keeps_one_proxy_per_category() -> None:
     mask = _dropout_mask(torch.Size((500, 3)), 0.9, gen)
     assert mask.shape == (500, 3) and mask.any(dim=1).all()
     assert 0.05 < mask.float().mean() < 0.6  # most proxies off, never a whole category
+
+
+def test_paper_architecture_trains_with_its_recipe_and_the_cli_records_it(tmp_path, capsys, one_thread) -> None:
+    from retrieval.engine.aggregator import PaperAggregatorNet
+
+    fs = planted(n_cat=20, per_cat=6)
+    fs.metadata["text_mean"] = "plain"
+    path = tmp_path / "f.npz"
+    save_features(path, fs)
+    out = tmp_path / "paper.safetensors"
+    argv = [str(path), "--out", str(out), "--epochs", "2", "--patience", "2", "--architecture", "paper"]
+    assert main(argv) == 0
+    assert "(paper architecture); saved" in capsys.readouterr().out
+    net = load_aggregator(out)
+    assert isinstance(net, PaperAggregatorNet)
+    assert net.config.attention_dropout == 0.1  # the authors' recipe unless told otherwise
+    assert read_aggregator_metadata(out)["text_mean"] == "plain"
+
+    assert main(argv + ["--attention-dropout", "0"]) == 0
+    assert load_aggregator(out).config.attention_dropout == 0.0
+    with pytest.raises(SystemExit):
+        main([str(path), "--out", str(out), "--architecture", "transformer"])
+
+
+def test_training_from_an_initial_network_leaves_it_untouched(one_thread) -> None:
+    from retrieval.engine.aggregator import PaperAggregatorNet
+
+    fs = planted(n_cat=20, per_cat=6)
+    torch.manual_seed(0)
+    initial = PaperAggregatorNet(fs.proxy_features.shape[-1], vision_model="planted/v").eval()
+    before = {k: v.clone() for k, v in initial.state_dict().items()}
+    result = train_aggregator(fs, TrainConfig(epochs=2, patience=2, architecture="cletir"), initial=initial)
+    assert isinstance(result.net, PaperAggregatorNet)  # the initial network's architecture wins
+    for name, value in initial.state_dict().items():
+        torch.testing.assert_close(value, before[name], atol=0, rtol=0)
+    changed = [n for n, v in result.net.state_dict().items() if not torch.equal(v, before[n])]
+    assert "self_attn.layers.0.in_proj_weight" in changed
+    assert "attn_layer.in_proj_weight" not in changed  # the unused template gets no gradient
+    with pytest.raises(ValueError, match="initial network is 8 wide"):
+        train_aggregator(fs, TrainConfig(epochs=1), initial=PaperAggregatorNet(8))

@@ -4,11 +4,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.utils import timezone
 
-from retrieval.engine.train import TrainConfig, compare_methods, format_table, train_aggregator
+from retrieval.engine.encoders import load_encoders
+from retrieval.engine.evaluate import extract_features, resolve_templates, scan_folder
+from retrieval.engine.generator import load_generator
+from retrieval.engine.runtime import get_profile
+from retrieval.engine.train import (
+    TrainConfig,
+    add_architecture_arguments,
+    compare_methods,
+    format_table,
+    save_features,
+    text_mean_metadata,
+    train_aggregator,
+)
+from retrieval.indexing.services import use_aggregator
+from retrieval.indexing.spaces import active_space, encoder_identity
 
 
 class Command(BaseCommand):
@@ -31,19 +43,15 @@ class Command(BaseCommand):
         parser.add_argument("--layers", type=int, default=d.layers)
         parser.add_argument("--loss", choices=("both", "photo", "query"), default=d.loss)
         parser.add_argument("--proxy-dropout", type=float, default=d.proxy_dropout)
-        parser.add_argument("--templates", choices=("all", "single"), default="all", help="text prompt templates")
+        add_architecture_arguments(parser)
+        parser.add_argument("--templates", default="all",
+                            help="all (80 CLIP templates), single (the proxy prompt) or a file, one template a line")
         parser.add_argument("--lam", type=float, default=0.5, help="λ of the mean-pooling rows of the table")
         parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: the profile's choice)")
         parser.add_argument("--features-out", type=Path, default=None, help="also save the features (.npz)")
         parser.add_argument("--force", action="store_true", help="save and use the network even if it does not beat mean pooling")
 
     def handle(self, *args, folder: Path, **o):
-        from retrieval.engine.evaluate import extract_features, resolve_templates, scan_folder
-        from retrieval.engine.generator import load_generator
-        from retrieval.engine.encoders import load_encoders
-        from retrieval.engine.train import save_features
-        from retrieval.indexing.spaces import active_space, encoder_identity
-
         if o["epochs"] < 1:
             raise CommandError("--epochs must be at least 1")
         space = active_space()
@@ -51,6 +59,7 @@ class Command(BaseCommand):
             raise CommandError("no active embedding space: activate a profile first (manage.py activate_profile)")
         try:
             labelled = scan_folder(folder)
+            templates = resolve_templates(o["templates"], get_profile(space.profile).proxy_prompt)
         except (FileNotFoundError, ValueError) as exc:
             raise CommandError(str(exc)) from None
         encoders = load_encoders(space.profile, o["device"])
@@ -68,14 +77,14 @@ class Command(BaseCommand):
             f"space {space} (profile {profile.name}): {len(labelled.categories)} categories, "
             f"{len(labelled.paths)} photos, K={k}, seed {o['seed']}"
         )
-        features = extract_features(labelled, encoders, generator, k, o["seed"],
-                                    resolve_templates(o["templates"], profile.proxy_prompt), log=say)
+        features = extract_features(labelled, encoders, generator, k, o["seed"], templates, log=say)
         if o["features_out"]:
             save_features(o["features_out"], features)
         config = TrainConfig(
             val_fraction=o["val_fraction"], epochs=o["epochs"], lr=o["lr"], batch_size=o["batch_size"],
             patience=o["patience"], layers=o["layers"], loss=o["loss"], proxy_dropout=o["proxy_dropout"],
-            seed=o["seed"], vision_model=space.vision_model,
+            seed=o["seed"], vision_model=space.vision_model, architecture=o["architecture"],
+            attention_dropout=o["attention_dropout"],
         )
         try:
             result = train_aggregator(features, config, log=say)
@@ -87,7 +96,7 @@ class Command(BaseCommand):
         self.stdout.write(f"\nheld-out categories ({len(val)}): {held_out}; database: all {len(labelled.paths)} photos")
         self.stdout.write("\nBefore (mean pooling):\n" + format_table(compare_methods(features, val, None, o["lam"])[:3]))
         after = compare_methods(features, val, result.net, o["lam"])
-        self.stdout.write("\nAfter (trained aggregator, best epoch "
+        self.stdout.write(f"\nAfter (trained {result.net.config.architecture} aggregator, best epoch "
                           f"{result.best_epoch}):\n" + format_table(after[3:]))
 
         if not result.improved and not o["force"]:
@@ -102,14 +111,7 @@ class Command(BaseCommand):
         ))
 
     def _save(self, space, result, features, root: Path, seed: int) -> Path:
-        from retrieval.engine.aggregator import save_aggregator
-
-        # A new name per training run: a search worker reloads a space's aggregator when the
-        # file changes, and the previous file stays for rollback (set it back in the admin).
-        name = f"aggregators/space{space.pk}-{timezone.now():%Y%m%d-%H%M%S-%f}.safetensors"
-        path = Path(settings.MEDIA_ROOT) / name
-        save_aggregator(result.net, path, extra_metadata={
-            "space_fingerprint": space.fingerprint,
+        return use_aggregator(space, result.net, {
             "best_epoch": str(result.best_epoch),
             "val_map": f"{result.best_val_map:.6f}",
             "baseline_val_map": f"{result.baseline_val_map:.6f}",
@@ -117,7 +119,5 @@ class Command(BaseCommand):
             "val_categories": json.dumps(features.category_names[result.val_categories].tolist()),
             "folder": str(root),
             "seed": str(seed),
+            **text_mean_metadata(features),
         })
-        space.aggregator_file.name = name
-        space.save(update_fields=["aggregator_file"])
-        return path
