@@ -57,23 +57,14 @@ def measure(interval: float, idle_seconds: float) -> dict:
     import django
 
     django.setup()
+    from cletir_site.broker import FILESYSTEM_URL, filesystem_options, filesystem_results, point_app_at
     from cletir_site.celery import app
     from retrieval.tasks import ping
 
     broker = Path(tempfile.mkdtemp(prefix="cletir-broker-"))
-    for folder in ("queue", "control", "results"):
-        (broker / folder).mkdir()
     # This process only sends and reads results; the worker polls with `interval`.
-    app.conf.update(broker_transport_options={"data_folder_in": str(broker / "queue"),
-                                              "data_folder_out": str(broker / "queue"),
-                                              "control_folder": str(broker / "control"),
-                                              "store_processed": False},
-                    result_backend=(broker / "results").as_uri())
-    app._pool = None
-    app.amqp._producer_pool = None
-    app._backend_cache = None
-    app._local.__dict__.pop("backend", None)
-    env = {**os.environ, "CELERY_BROKER_URL": "filesystem://localhost//", "CLETIR_BROKER_DIR": str(broker),
+    point_app_at(app, FILESYSTEM_URL, filesystem_results(broker), filesystem_options(broker, interval))
+    env = {**os.environ, "CELERY_BROKER_URL": FILESYSTEM_URL, "CLETIR_BROKER_DIR": str(broker),
            "CLETIR_BROKER_POLL_SECONDS": str(interval), "CLETIR_PRELOAD_MODELS": "0"}
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "cletir_site", "worker", "--queues", "default", "--concurrency", "1",

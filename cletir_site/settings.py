@@ -8,6 +8,8 @@ from urllib.parse import unquote
 
 import environ
 
+from cletir_site.broker import FILESYSTEM_URL, filesystem_options, filesystem_results
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"  # runtime state of a checkout; git ignores it
 
@@ -265,7 +267,7 @@ CLETIR_PHOTO_WORK_STALE_SECONDS = env.int("CLETIR_PHOTO_WORK_STALE_SECONDS", def
 # processes on one machine, with nothing to install. Production and the integration tests
 # use Redis.
 # "localhost" only names the machine: kombu warns about a filesystem URL without a host.
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://localhost//")
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=FILESYSTEM_URL)
 CELERY_BROKER_DIR = Path(env.str("CLETIR_BROKER_DIR", default=str(VAR_DIR / "broker")))
 # How often a worker looks for work in the filesystem broker's folder. kombu's default, 1 s, is
 # also what a worker waits after each task before it takes the next (it polls while its one task
@@ -273,17 +275,9 @@ CELERY_BROKER_DIR = Path(env.str("CLETIR_BROKER_DIR", default=str(VAR_DIR / "bro
 # (README "Benchmarks", bench/broker_polling.py).
 CLETIR_BROKER_POLL_SECONDS = env.float("CLETIR_BROKER_POLL_SECONDS", default=0.05)
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(CELERY_BROKER_DIR / "queue"),
-        "data_folder_out": str(CELERY_BROKER_DIR / "queue"),
-        "control_folder": str(CELERY_BROKER_DIR / "control"),
-        "store_processed": False,
-        "polling_interval": CLETIR_BROKER_POLL_SECONDS,
-    }
-    for _folder in ("queue", "control", "results"):
-        (CELERY_BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = filesystem_options(CELERY_BROKER_DIR, CLETIR_BROKER_POLL_SECONDS)
     # Results (small: task return values) as files beside the queue: no server needed.
-    _default_backend = (CELERY_BROKER_DIR / "results").as_uri()
+    _default_backend = filesystem_results(CELERY_BROKER_DIR)
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {}
     _default_backend = CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else ""

@@ -11,6 +11,8 @@ from urllib.parse import quote
 
 import pytest
 
+from cletir_site.broker import FILESYSTEM_URL, filesystem_options, filesystem_results, point_app_at
+
 # Tests never reach the hub; huggingface_hub reads this once, at its first import.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -93,7 +95,7 @@ def start_worker(transactional_db, settings, tmp_path, monkeypatch):
     from cletir_site.celery import app
 
     workers: list[WorkerProcess] = []
-    saved_conf = {key: app.conf[key] for key in ("broker_url", "result_backend", "broker_transport_options")}
+    saved_conf = tuple(app.conf[key] for key in ("broker_url", "result_backend", "broker_transport_options"))
 
     def start(broker: str = "filesystem", queues: str = "search,embed,default", env: dict | None = None,
               module: str = "celery") -> WorkerProcess:
@@ -111,17 +113,13 @@ def start_worker(transactional_db, settings, tmp_path, monkeypatch):
                 # Once per test: a worker started later (a restart) must find what was queued.
                 redis.Redis.from_url(REDIS_URL).flushdb()
             env.update(CELERY_BROKER_URL=REDIS_URL, CELERY_RESULT_BACKEND=REDIS_URL)
-            conf = {"broker_url": REDIS_URL, "result_backend": REDIS_URL, "broker_transport_options": {}}
+            conf = (REDIS_URL, REDIS_URL, {})
         else:
             broker_dir = tmp_path / "broker"
-            env.update(CELERY_BROKER_URL="filesystem://localhost//", CLETIR_BROKER_DIR=str(broker_dir))
-            options = {"data_folder_in": str(broker_dir / "queue"), "data_folder_out": str(broker_dir / "queue"),
-                       "control_folder": str(broker_dir / "control"), "store_processed": False}
-            for folder in ("queue", "control", "results"):
-                (broker_dir / folder).mkdir(parents=True, exist_ok=True)
-            conf = {"broker_url": "filesystem://localhost//", "result_backend": (broker_dir / "results").as_uri(),
-                    "broker_transport_options": options}
-        _configure_app(app, conf)
+            env.update(CELERY_BROKER_URL=FILESYSTEM_URL, CLETIR_BROKER_DIR=str(broker_dir))
+            conf = (FILESYSTEM_URL, filesystem_results(broker_dir),
+                    filesystem_options(broker_dir, settings.CLETIR_BROKER_POLL_SECONDS))
+        point_app_at(app, *conf)
         worker = WorkerProcess(env, queues, tmp_path / f"worker-{len(workers)}.log", module, broker)
         workers.append(worker)
         return worker
@@ -129,16 +127,7 @@ def start_worker(transactional_db, settings, tmp_path, monkeypatch):
     yield start
     for worker in workers:
         worker.stop()
-    _configure_app(app, saved_conf)
-
-
-def _configure_app(app, conf: dict) -> None:
-    app.conf.update(conf)
-    # Drop the cached broker pool and result backend so the new broker and results are used.
-    app._pool = None
-    app.amqp._producer_pool = None
-    app._backend_cache = None
-    app._local.__dict__.pop("backend", None)
+    point_app_at(app, *saved_conf)
 
 
 def wait_for(predicate, timeout: float = 60, interval: float = 0.25, message: str = "condition"):
