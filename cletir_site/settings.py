@@ -263,5 +263,7 @@ LOGGING = {
     "loggers": {
         name: {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", default="INFO"), "propagate": False}
         for name in ("cletir_site", "assets", "retrieval", "django", "celery")
-    },
+    }
+    # pyvips forwards libvips' per-operation debug messages at INFO (a worker logs at INFO).
+    | {"pyvips": {"level": "WARNING"}},
 }
