@@ -26,11 +26,15 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from PIL import Image, ImageOps
 
 from . import imaging  # noqa: F401  (registers the HEIF opener with Pillow)
+
+if TYPE_CHECKING:
+    import pyvips
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +165,7 @@ def render_with_libvips(path: str | Path, specs: list[RenditionSpec]) -> list[En
     # Shrink-on-load to the largest rendition, upright (thumbnail applies EXIF orientation);
     # `fail_on="error"` refuses a damaged file instead of rendering libjpeg's grey fill.
     image = vips.Image.thumbnail(str(path), largest, height=largest, size="down", fail_on="error")
-    image = _as_srgb8(image).copy_memory()  # decoded once; every rendition reads it from memory
+    image = to_srgb8(image).copy_memory()  # decoded once; every rendition reads it from memory
     encoded = []
     for spec in specs:
         scaled = image
@@ -171,13 +175,16 @@ def render_with_libvips(path: str | Path, specs: list[RenditionSpec]) -> list[En
     return encoded
 
 
-def _as_srgb8(image):
-    """8-bit sRGB (+ alpha): greyscale to three bands, 16-bit scaled to 8 bits, CMYK converted."""
+def to_srgb8(image: "pyvips.Image") -> "pyvips.Image":
+    """A libvips image in 8-bit sRGB (+ alpha): greyscale to three bands, 16-bit scaled to 8
+    bits, CMYK converted; libvips' own colourspace conversion."""
+    if image.format == "ushort" and image.interpretation not in ("rgb16", "grey16", "cmyk"):
+        # 16-bit samples labelled as 8-bit colour: label them 16-bit, so that the conversion
+        # scales them (converting them as they are clips every level above 255 to white).
+        image = image.copy(interpretation="rgb16" if image.bands >= 3 else "grey16")
     if image.interpretation != "srgb" or image.format != "uchar":
         image = image.colourspace("srgb")  # rgb16/grey16 -> 8-bit: samples are scaled, not clipped
-    if image.format != "uchar":
-        image = image.cast("uchar")
-    return image
+    return image if image.format == "uchar" else image.cast("uchar")
 
 
 def _vips_encode(image, file_format: str) -> bytes:

@@ -162,6 +162,17 @@ def test_a_16_bit_rgb_png_and_tiff_keep_their_tones(tmp_path):
             assert np.allclose(means, levels / 257, atol=2), (path.name, rendition.name, means)
 
 
+@pytest.mark.parametrize("interpretation, bands", [("srgb", 3), ("srgb", 4), ("b-w", 1), ("multiband", 3)])
+def test_16_bit_samples_labelled_as_8_bit_are_scaled_not_clipped_to_white(interpretation, bands):
+    pixels = np.full((8, 8, bands), 30000, dtype=np.uint16)
+    image = pyvips.Image.new_from_array(pixels).copy(interpretation=interpretation)
+
+    converted = rendering.to_srgb8(image)
+
+    assert (converted.format, converted.interpretation, converted.bands) == ("uchar", "srgb", 3 if bands < 4 else 4)
+    assert abs(converted.avg() - 116.7) < 1
+
+
 def test_greyscale_comes_out_as_rgb_with_its_tone(tmp_path):
     for fmt, name in (("JPEG", "grey.jpg"), ("PNG", "grey.png")):
         path = write(tmp_path, name, Image.new("L", (400, 300), 117), fmt)
