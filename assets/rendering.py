@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ENGINES = ("libvips", "pillow")
 SUFFIXES = {"JPEG": "jpg", "WEBP": "webp", "PNG": "png"}
 # One quality per format for both engines (Pillow's `quality` and libvips' `Q` mean the same
 # thing; WebP `method` is libvips' `effort`).
@@ -103,7 +102,8 @@ def render(path: str | Path, stored_format: str, specs: list[RenditionSpec]) -> 
 
 
 class _NotForLibvips(Exception):
-    """A photo whose samples libvips would not convert to 8-bit sRGB the way Pillow does."""
+    """A photo whose samples libvips would not convert to 8-bit sRGB faithfully: the Pillow path
+    converts it (its mode conversion is the one for every mode Pillow opens)."""
 
 
 @functools.cache

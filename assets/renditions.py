@@ -12,9 +12,10 @@ for anyone (assets.sweeps queues the work again).
 Recording (`record_renditions`) writes each file into MEDIA_ROOT/incoming first, then, in one
 transaction that locks the photo's row, checks the photo still exists, renames the files into
 place and creates their rows. A photo (or library) deleted while it rendered is gone when the
-lock is granted (or the delete waits for the lock and then removes the rows with their files),
-so its files are removed here and nothing is left behind; a failure before the commit removes
-the files it placed. File names derive from the photo's hash and the rendition name.
+lock is granted, so its files are removed here and nothing is left behind; a failure before the
+commit removes the files it placed. (The other side of that race: a delete that takes the same
+row lock before it lists the files to remove sees every rendition recorded before it.) File
+names derive from the photo's hash and the rendition name.
 
 Idempotent by state: renditions a photo already has (one row per (asset, name), unique) are not
 made again, so a retried or duplicated task does no work twice. A photo whose renditions cannot
