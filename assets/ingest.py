@@ -233,7 +233,7 @@ def ingest_file(
 
 def _save_stored(asset: Asset) -> None:
     asset.save()
-    transaction.on_commit(partial(_queue_renditions, asset.pk), robust=True)
+    transaction.on_commit(_queue_renditions, robust=True)
     transaction.on_commit(partial(_announce_stored, asset.pk), robust=True)
 
 
@@ -323,10 +323,10 @@ def _seekable(fileobj: IO[bytes]) -> bool:
         return False
 
 
-def _queue_renditions(asset_id: int) -> None:
-    from .tasks import make_renditions  # the Celery app is configured by the time this runs
+def _queue_renditions() -> None:
+    from .rendition_batches import schedule_renditions  # imports the tasks: the app is configured by now
 
-    make_renditions.delay(asset_id)
+    schedule_renditions()  # one task for every photo waiting, queued unless one is already
 
 
 def _announce_stored(asset_id: int) -> None:

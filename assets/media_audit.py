@@ -38,6 +38,7 @@ from django.db import transaction
 
 from .media import INCOMING_DIR, file_fields, grace_period, remove_orphans, remove_stale_temporary_files, settle_stale_pending
 from .models import ASSET_MEDIA_FOLDERS, Asset, PendingFile, Rendition
+from .rendition_batches import schedule_renditions
 
 MISSING_FILE_ERROR = (
     "The photo's file is missing from storage (found by check_media). Restore the file from a backup, "
@@ -174,12 +175,13 @@ def fix_media(audit: MediaAudit) -> MediaFix:
 
 
 def _delete_rendition(row: MissingFile) -> int:
-    from .tasks import make_renditions
-
+    """Delete a rendition row whose file is gone; its photo waits for renditions again (pending),
+    and the rendition task is queued to make the missing one."""
     asset_id = Rendition.objects.filter(pk=row.pk).values_list("asset_id", flat=True).first()
     deleted, _ = Rendition.objects.filter(pk=row.pk, file=row.name).delete()
     if deleted and asset_id is not None:
-        transaction.on_commit(lambda: make_renditions.delay(asset_id))
+        Asset.objects.filter(pk=asset_id, status=Asset.Status.READY).update(status=Asset.Status.PENDING)
+        transaction.on_commit(schedule_renditions)
     return deleted
 
 

@@ -72,6 +72,10 @@ class Asset(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # Which worker is making this photo's renditions, and since when (assets.renditions: a claim
+    # keeps two workers off one photo without a lock held while it renders).
+    renditions_claim = models.CharField(max_length=64, blank=True, default="")
+    renditions_claimed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -135,6 +139,21 @@ class PendingFile(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class QueuedTaskMark(models.Model):
+    """That a task of some kind of background work is queued and has not started yet.
+
+    Work that one task does for many rows (renditions of every pending photo) is queued once
+    while such a task waits, instead of once per row: the mark is set by a conditional update
+    when a task is sent and cleared by the task when it starts (assets.rendition_batches).
+    """
+
+    name = models.CharField(max_length=64, primary_key=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} queued at {self.queued_at}" if self.queued_at else f"{self.name}: none queued"
 
 
 class RejectedFile(models.Model):

@@ -1,11 +1,12 @@
 """Pages of photo libraries: list, create, gallery, photo detail, members, and file serving."""
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db.models import Count, Prefetch
-from django.http import Http404
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -17,6 +18,9 @@ from .serving import login_or_token_required, serve_file
 from .services import DeleteBusy, delete_library
 
 PAGE_SIZES = (24, 48, 96, 200)
+# Formats every browser shows in an <img>; a photo in another one (HEIC, TIFF) is shown through
+# its preview only.
+BROWSER_FORMATS = {"JPEG", "PNG", "WEBP", "GIF"}
 
 
 def page_size_from(request) -> int:
@@ -141,10 +145,13 @@ def member_remove(request, pk, user_id):
 def asset_detail(request, pk, asset_id):
     library, access = library_for(request.user, pk)
     asset = get_object_or_404(Asset.objects.prefetch_related("renditions"), pk=asset_id, library=library)
-    renditions = {r.name: r for r in asset.renditions.all()}
+    if "preview" in {r.name for r in asset.renditions.all()} or asset.format not in BROWSER_FORMATS:
+        # The preview, or its placeholder while it is made: a browser cannot show HEIC or TIFF.
+        image_url = reverse("asset-rendition", args=[asset.pk, "preview"])
+    else:
+        image_url = reverse("asset-file", args=[asset.pk])  # the original, until the preview exists
     return render(request, "assets/asset_detail.html", {
-        "library": library, "asset": asset, "has_preview": "preview" in renditions,
-        "can_edit": access >= Access.EDIT,
+        "library": library, "asset": asset, "image_url": image_url, "can_edit": access >= Access.EDIT,
     })
 
 
@@ -162,6 +169,22 @@ def asset_file(request, asset_id, variant="original"):
     if variant == "original":
         return serve_file(asset.file)
     rendition = asset.renditions.filter(name=variant).first()
-    if rendition is None:
-        raise Http404("This rendition is not ready yet.")
-    return serve_file(rendition.file)
+    if rendition is not None:
+        return serve_file(rendition.file)
+    if variant not in settings.CLETIR_RENDITIONS:
+        raise Http404("No such rendition.")
+    return rendition_placeholder(request, asset)
+
+
+def rendition_placeholder(request, asset: Asset) -> HttpResponse:
+    """What an <img> of a rendition not made yet shows: a grey tile saying so, never a broken image.
+
+    `no-store`, so the browser asks again next time and gets the rendition once it exists;
+    `X-Rendition-Status` tells scripts and API clients which it is.
+    """
+    failed = asset.status == Asset.Status.FAILED
+    response = render(request, "assets/rendition_placeholder.svg",
+                      {"label": "no preview" if failed else "processing…"}, content_type="image/svg+xml")
+    response["Cache-Control"] = "no-store"
+    response["X-Rendition-Status"] = "failed" if failed else "pending"
+    return response

@@ -203,6 +203,16 @@ CLETIR_RENDITIONS = {
     "thumb": {"max_side": env.int("CLETIR_THUMB_SIZE", default=320), "format": "WEBP"},
     "preview": {"max_side": env.int("CLETIR_PREVIEW_SIZE", default=1600), "format": "JPEG"},
 }
+# `libvips` (shrink-on-load, several times faster; per photo, formats this libvips cannot decode
+# fall back to Pillow) or `pillow` for every photo (assets.rendering).
+CLETIR_RENDITION_ENGINE = env.str("CLETIR_RENDITION_ENGINE", default="libvips")
+if CLETIR_RENDITION_ENGINE not in ("libvips", "pillow"):
+    raise SystemExit(f"cletir: CLETIR_RENDITION_ENGINE must be libvips or pillow, not {CLETIR_RENDITION_ENGINE!r}")
+# One rendition task claims this many waiting photos at a time and renders them in this many
+# threads; it works this long, then queues the rest as a new task (assets.rendition_batches).
+CLETIR_RENDITION_BATCH_SIZE = env.int("CLETIR_RENDITION_BATCH_SIZE", default=16)
+CLETIR_RENDITION_THREADS = env.int("CLETIR_RENDITION_THREADS", default=min(4, os.cpu_count() or 1))
+CLETIR_RENDITION_TASK_SECONDS = env.int("CLETIR_RENDITION_TASK_SECONDS", default=60)
 
 # Files one user may upload per hour (archive entries count); 0: no limit.
 CLETIR_UPLOAD_FILES_PER_HOUR = env.int("CLETIR_UPLOAD_FILES_PER_HOUR", default=5000)
@@ -322,5 +332,7 @@ LOGGING = {
     "loggers": {
         name: {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", default="INFO"), "propagate": False}
         for name in ("cletir_site", "assets", "retrieval", "django", "celery")
-    },
+    }
+    # pyvips forwards libvips' per-operation debug messages at INFO (a worker logs at INFO).
+    | {"pyvips": {"level": "WARNING"}},
 }

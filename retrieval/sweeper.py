@@ -10,8 +10,8 @@ rows tell what should be happening, so this sweep reads them and acts:
   so a search never stays "running" and the user can simply search again;
 * the active space with photos waiting, no indexing task queued (or its mark expired) and no
   photo indexed for CLETIR_PHOTO_WORK_STALE_SECONDS: indexing is queued again;
-* photos still waiting for their thumbnails that long, while a `default` worker is alive and
-  no thumbnail was made that long: their rendition tasks are queued again.
+* photos waiting for their renditions: `assets.sweeps.sweep_renditions` (assets' own rule,
+  judged per photo).
 
 Every action is a conditional update or an idempotent task, so two sweeps at once (the beat
 task and `manage.py sweep_stale_work`) or a sweep racing a live worker do no harm.
@@ -27,22 +27,18 @@ from django.db.models import Max, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from assets.models import Asset, Rendition
-from assets.tasks import make_renditions
+from assets.sweeps import sweep_renditions
 
 from .indexing.progress import pending_assets
 from .indexing.spaces import active_space
 from .indexing.tasks import QUEUED_TASK_EXPIRY, schedule_indexing
 from .models import AssetEmbedding, IndexingFailure, Search
 from .search.tasks import dispatch_waiting, send
-from .workers import workers_seen
 
 logger = logging.getLogger(__name__)
 
 WORKER_DIED = "The worker stopped while running this search; try again."
 NEVER_PICKED_UP = "No worker picked this search up in time; try again."
-# Re-queued per sweep at most: a sweep stays short, the next one takes the rest.
-RENDITION_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -138,22 +134,3 @@ def sweep_indexing(now: datetime) -> int:
         logger.warning("indexing of %s had stalled with photos pending; queued again", space)
         return 1
     return 0
-
-
-def sweep_renditions(now: datetime) -> int:
-    """How many photos had their thumbnail task queued again."""
-    if not any("default" in worker["queues"] for worker in workers_seen()):
-        # Nobody would run them: queuing more copies each sweep would only pile them up.
-        return 0
-    quiet_since = now - timedelta(seconds=settings.CLETIR_PHOTO_WORK_STALE_SECONDS)
-    if Rendition.objects.filter(created_at__gte=quiet_since).exists():
-        return 0  # thumbnails are being made: the queue is moving, the photos' turn will come
-    waiting = list(
-        Asset.objects.filter(status=Asset.Status.PENDING, created_at__lt=quiet_since)
-        .order_by("created_at", "pk").values_list("pk", flat=True)[:RENDITION_BATCH]
-    )
-    for asset_id in waiting:
-        make_renditions.delay(asset_id)
-    if waiting:
-        logger.warning("%d photos were waiting for thumbnails with no progress; queued again", len(waiting))
-    return len(waiting)

@@ -33,7 +33,7 @@ def ann(make_user):
 
 @pytest.fixture
 def library(ann, media_root, monkeypatch):
-    monkeypatch.setattr("assets.ingest._queue_renditions", lambda asset_id: None)
+    monkeypatch.setattr("assets.ingest._queue_renditions", lambda *args: None)
     monkeypatch.setattr("assets.ingest._announce_stored", lambda asset_id: None)
     library = Library.objects.create(name="Harbour", owner=ann)
     for seed in range(3):
@@ -110,15 +110,15 @@ def test_library_delete_during_an_indexing_batch_waits_and_removes_the_new_vecto
 
 def test_photo_delete_during_its_renditions_leaves_no_rendition_file(library, media_root, monkeypatch):
     photo = Asset.objects.order_by("pk").first()
-    real_to_rgb8 = renditions.to_rgb8
+    real_render_job = renditions.render_job
 
     def render(flight: InFlight):
-        def converting_slowly(image, keep_alpha=False):  # the photo is decoded; nothing is stored yet
-            monkeypatch.setattr(renditions, "to_rgb8", real_to_rgb8)
+        def rendering_slowly(job):  # the files are encoded; nothing is stored yet
+            encoded = real_render_job(job)
             flight.pause()
-            return real_to_rgb8(image, keep_alpha)
+            return encoded
 
-        monkeypatch.setattr(renditions, "to_rgb8", converting_slowly)
+        monkeypatch.setattr(renditions, "render_job", rendering_slowly)
         return renditions.make_renditions(photo.pk)
 
     rendering = InFlight(render)

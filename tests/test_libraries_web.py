@@ -184,3 +184,72 @@ def test_members_are_managed_by_the_owner(people, client):
     members = api(people["vic"]).get(f"/api/libraries/{library.pk}/members/").json()
     assert members == [{"username": "bob", "role": "editor"}, {"username": "eve", "role": "editor"},
                        {"username": "vic", "role": "viewer"}]
+
+
+def test_a_rendition_not_made_yet_is_a_placeholder_never_a_broken_image(people, client):
+    library = people["library"]
+    upload(api(people["ann"]), library, SimpleUploadedFile("a.jpg", jpeg_bytes(6), "image/jpeg"))
+    asset = Asset.objects.get()
+    client.force_login(people["vic"])
+
+    for variant in ("thumb", "preview"):
+        response = client.get(f"/photos/{asset.pk}/{variant}")
+        assert response.status_code == 200
+        assert response["Content-Type"] == "image/svg+xml"
+        assert response["Cache-Control"] == "no-store"  # asked again next time: the real one then
+        assert response["X-Rendition-Status"] == "pending"
+        assert b"<svg" in response.content and "processing…" in response.content.decode()
+    assert client.get(f"/photos/{asset.pk}/poster").status_code == 404  # no such rendition at all
+
+    Asset.objects.filter(pk=asset.pk).update(status=Asset.Status.FAILED, error="Renditions failed: x")
+    failed = client.get(f"/photos/{asset.pk}/thumb")
+    assert (failed.status_code, failed["X-Rendition-Status"]) == (200, "failed")
+    assert "no preview" in failed.content.decode()
+
+    Asset.objects.filter(pk=asset.pk).update(status=Asset.Status.PENDING, error="")
+    make_renditions(asset.pk)
+    made = client.get(f"/photos/{asset.pk}/thumb")
+    assert made["Content-Type"] == "image/webp" and made["Cache-Control"].startswith("private, max-age=")
+
+    client.force_login(people["bob"])  # the placeholder is no way around the permission check
+    assert client.get(f"/photos/{asset.pk}/preview").status_code == 404
+
+
+def test_pages_show_pending_photos_without_broken_images(people, client):
+    library = people["library"]
+    upload(api(people["ann"]), library,
+           SimpleUploadedFile("a.jpg", jpeg_bytes(7), "image/jpeg"), SimpleUploadedFile("b.jpg", jpeg_bytes(8), "image/jpeg"))
+    first, second = Asset.objects.order_by("pk")
+    make_renditions(first.pk)
+    Asset.objects.filter(pk=second.pk).update(format="HEIF")  # as if it were an iPhone photo
+    client.force_login(people["vic"])
+
+    gallery = client.get(f"/libraries/{library.pk}/").content.decode()
+    # The waiting tile says so and is refreshed by the page; the made one is an image.
+    assert f'data-pending-tile="{second.pk}"' in gallery and f'data-pending-tile="{first.pk}"' not in gallery
+    assert f'src="/photos/{first.pk}/thumb"' in gallery and f'src="/photos/{second.pk}/thumb"' not in gallery
+    assert 'data-photos-url="/api/assets/"' in gallery
+
+    # A photo page shows the preview, or its placeholder for a format browsers cannot show.
+    assert 'src="/photos/%d/preview"' % first.pk in client.get(f"/libraries/{library.pk}/photos/{first.pk}/").content.decode()
+    assert 'src="/photos/%d/preview"' % second.pk in client.get(f"/libraries/{library.pk}/photos/{second.pk}/").content.decode()
+    Asset.objects.filter(pk=second.pk).update(format="JPEG")
+    assert f'src="/photos/{second.pk}/file"' in client.get(f"/libraries/{library.pk}/photos/{second.pk}/").content.decode()
+
+
+def test_the_asset_api_returns_the_photos_asked_for_by_id(people):
+    library = people["library"]
+    upload(api(people["ann"]), library, *(SimpleUploadedFile(f"{i}.jpg", jpeg_bytes(10 + i), "image/jpeg") for i in range(3)))
+    ids = list(Asset.objects.order_by("pk").values_list("pk", flat=True))
+    make_renditions(ids[0])
+    bobs = Library.objects.create(name="Bob's", owner=people["bob"])
+    hidden = Asset.objects.create(library=bobs, sha256="f" * 64, file="x/f.jpg")
+
+    body = api(people["vic"]).get("/api/assets/", {"ids": f"{ids[0]},{ids[2]},{hidden.pk},999999"}).json()
+    assert [(row["id"], row["status"], row["thumbnail_url"]) for row in body["results"]] == [
+        (ids[2], "pending", None), (ids[0], "ready", f"http://testserver/photos/{ids[0]}/thumb"),
+    ]
+    for bad in ("", "1,x", "-1", "1;2", "9" * 19, ",".join(["1"] * 201)):
+        response = api(people["vic"]).get("/api/assets/", {"ids": bad})
+        assert response.status_code == 400, bad
+        assert list(response.json()) == ["ids"]

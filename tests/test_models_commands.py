@@ -493,7 +493,7 @@ def test_load_aggregator_uses_the_authors_checkpoint_for_the_active_space(tiny_a
     import torch
 
     from retrieval.engine.aggregator import PaperAggregatorNet, read_aggregator_metadata
-    from retrieval.search_runner import space_aggregator
+    from retrieval.search.inputs import space_aggregator
 
     space = tiny_active_space
     authors = _authors_checkpoint(tmp_path / "model.pth", space.vision_dim)
@@ -538,7 +538,7 @@ def test_load_aggregator_refuses_a_checkpoint_of_another_width(tiny_active_space
 
 
 def test_a_space_ignores_an_aggregator_file_of_another_architecture(tiny_active_space, media_root, tmp_path):
-    from retrieval.search_runner import space_aggregator
+    from retrieval.search.inputs import space_aggregator
 
     space = tiny_active_space
     _authors_checkpoint(tmp_path / "model.pth", space.vision_dim)

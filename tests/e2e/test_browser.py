@@ -130,10 +130,11 @@ def test_archivist_uploads_indexes_searches_pages_opens_and_refines(
     # Watch indexing finish: the progress line polls the API while photos are pending.
     counts = page.locator("#index-counts")
     expect(counts).to_have_text(f"{PHOTOS} indexed · 0 pending · 0 failed (100%)")
-    # Thumbnails are made in the background too; once they all exist the gallery shows them.
+    # Thumbnails are made in the background too; the gallery's waiting tiles turn into them
+    # without a reload (the page polls while tiles say "processing…").
     wait_for(lambda: not Asset.objects.filter(status=Asset.Status.PENDING).exists(), timeout=60, message="thumbnails")
-    page.reload()
     expect(page.locator(".grid img")).to_have_count(PHOTOS)
+    expect(page.locator("[data-pending-tile]")).to_have_count(0)
     expect(counts).to_have_text(f"{PHOTOS} indexed · 0 pending · 0 failed (100%)")
     screenshot("indexed")
 
@@ -182,3 +183,50 @@ def test_archivist_uploads_indexes_searches_pages_opens_and_refines(
     expect(page.locator(".strip .proxy.off")).to_have_count(1)
     expect(page.locator(".strip .proxy.off input")).not_to_be_checked()
     screenshot("refined-without-proxy-0")
+
+
+def test_waiting_thumbnails_appear_without_a_reload(live_server, media_root, make_user, browser_page, screenshot,
+                                                    monkeypatch):
+    """The gallery's "processing…" tiles turn into thumbnails once they are made: the page polls
+    for them; nobody reloads it. Other pages' thumbnails show a placeholder meanwhile."""
+    import io
+
+    from playwright.sync_api import expect
+
+    from assets.ingest import ingest_file
+    from assets.models import Library
+    from assets.renditions import make_renditions
+    from assets.tasks import render_pending_photos
+
+    monkeypatch.setattr(render_pending_photos, "delay", lambda: None)  # no worker: this test makes them
+    page, url = browser_page, live_server.url
+    ann = make_user("ann")
+    library = Library.objects.create(name="Harbour", owner=ann)
+    ids = []
+    for index in range(3):
+        buffer = io.BytesIO()
+        Image.fromarray(np.random.default_rng(index).integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(buffer, "JPEG")
+        buffer.seek(0)
+        ids.append(ingest_file(library, buffer, f"p{index}.jpg", uploaded_by=ann).asset_id)
+    make_renditions(ids[0])
+
+    page.goto(f"{url}/")
+    page.fill("#id_username", "ann")
+    page.fill("#id_password", "pw-ann")
+    page.click("form[action$='/accounts/login/'] button[type=submit]")
+    page.goto(f"{url}/libraries/{library.pk}/")
+    expect(page.locator(".grid img")).to_have_count(1)
+    expect(page.locator("[data-pending-tile]")).to_have_count(2)
+    screenshot("tiles-waiting")
+    # A waiting thumbnail opened on its own is a placeholder image, not a broken one.
+    placeholder = page.request.get(f"{url}/photos/{ids[1]}/thumb")
+    assert (placeholder.status, placeholder.headers["content-type"]) == (200, "image/svg+xml")
+
+    for asset_id in ids[1:]:
+        make_renditions(asset_id)
+    expect(page.locator("[data-pending-tile]")).to_have_count(0)
+    expect(page.locator(".grid img")).to_have_count(3)
+    for index in range(3):  # served and decoded, not broken images
+        expect(page.locator(".grid img").nth(index)).to_have_js_property("complete", True)
+        assert page.locator(".grid img").nth(index).evaluate("img => img.naturalWidth") > 0
+    screenshot("tiles-made")

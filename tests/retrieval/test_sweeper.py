@@ -8,7 +8,7 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from assets.models import Asset, Rendition
+from assets.models import Asset
 from retrieval import sweeper
 from retrieval.models import AssetEmbedding, EmbeddingSpace, Search
 from retrieval.sweeper import NEVER_PICKED_UP, WORKER_DIED, SweepReport, sweep_stale_work
@@ -30,12 +30,12 @@ def limits(settings):
 @pytest.fixture
 def sent(monkeypatch):
     """What the sweep queues, by task, instead of sending it to a broker."""
-    from assets.tasks import make_renditions
+    from assets.tasks import render_pending_photos
 
     record = {"search": [], "index": [], "renditions": []}
     monkeypatch.setattr(run_search, "delay", lambda pk: record["search"].append(pk))
     monkeypatch.setattr(index_space, "delay", lambda pk: record["index"].append(pk))
-    monkeypatch.setattr(make_renditions, "delay", lambda pk: record["renditions"].append(pk))
+    monkeypatch.setattr(render_pending_photos, "delay", lambda: record["renditions"].append("render_pending_photos"))
     return record
 
 
@@ -159,22 +159,13 @@ def test_a_space_activated_a_moment_ago_is_loading_its_models_not_stalled(librar
     assert sweep_stale_work() == SweepReport()
 
 
-def test_photos_waiting_for_thumbnails_are_queued_again_only_when_a_worker_runs_and_nothing_moves(
-    library, sent, settings
-):
-    waiting = [photo(library, i, status=Asset.Status.PENDING, age=STALE + 5) for i in range(3)]
-    photo(library, 10, status=Asset.Status.PENDING, age=30)  # just uploaded: its task is on its way
-    photo(library, 11, status=Asset.Status.READY, age=STALE + 5)
-    photo(library, 12, status=Asset.Status.FAILED, age=STALE + 5)
+def test_the_sweep_includes_the_rendition_rule_of_assets(library, sent):
+    # The rule itself is tested in tests/assets/test_rendition_sweep.py.
+    photo(library, 1, status=Asset.Status.PENDING, age=STALE + 5)
 
-    assert sweep_stale_work() == SweepReport()  # no worker alive to run them: queue nothing
-    record_heartbeat("cpu@host", ["default"], 1)
-    assert sweep_stale_work() == SweepReport(renditions_requeued=3)
-    assert sent["renditions"] == [a.pk for a in waiting]  # oldest first
-
-    # Thumbnails being made right now: the queue is moving, the rest will get their turn.
-    Rendition.objects.create(asset=waiting[0], name="thumb", file="r/0.webp", width=1, height=1)
-    assert sweep_stale_work() == SweepReport()
+    assert sweep_stale_work() == SweepReport(renditions_requeued=1)
+    assert sent["renditions"] == ["render_pending_photos"]
+    assert sweep_stale_work() == SweepReport()  # its task is queued
 
 
 def test_the_command_the_task_and_the_beat_schedule(ann, sent):
