@@ -212,6 +212,7 @@ def ingest_file(
         asset = Asset(
             library=library, uploaded_by=uploaded_by, original_name=name, sha256=sha256, size_bytes=size,
             width=info.width, height=info.height, format=info.format, taken_at=info.taken_at,
+            **info.metadata.asset_fields(),
         )
         # The stored name comes from the library id, the hash and the detected format, never
         # from the uploaded name; the same photo always lands on the same path.
