@@ -13,11 +13,13 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
-from assets.api import PhotoPagination
+from assets.api import EXPORT_URL_PATH, DownloadNegotiation, PhotoPagination, export_schema
+from assets.export import export_response
 
 from ..models import Album, AlbumPhoto, Search
 from ..search.results import SORTS
 from .albums import AlbumError, album_photos, create_album_from_search, set_photo_state
+from .export import album_export_name, album_export_rows
 
 
 class AlbumSerializer(serializers.ModelSerializer):
@@ -94,6 +96,13 @@ class AlbumViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
             raise ValidationError({"sort": [f"One of: {', '.join(SORTS)}."]})
         page = self.paginate_queryset(album_photos(album, request.user, sort))
         return self.get_paginated_response(AlbumPhotoSerializer(page, many=True, context={"request": request}).data)
+
+    @export_schema("the album's photos (pinned and automatic), by capture time")
+    @action(detail=True, methods=["get"], url_path=EXPORT_URL_PATH, url_name="export",
+            content_negotiation_class=DownloadNegotiation)
+    def export(self, request, pk=None, kind=None):
+        album = self.get_object()
+        return export_response(album_export_rows(album, request.user), kind, album_export_name(album))
 
     def _set_state(self, request, state: str) -> Response:
         album = self.get_object()
