@@ -25,7 +25,8 @@ def progress_bar(stderr, total: int | None, unit: str, wanted: bool = True, **op
     # redraws line under line: the bar writes to the stream inside it.
     stream = getattr(stderr, "_out", stderr)
     shown = wanted and _is_terminal(stream)
-    return tqdm(total=total, unit=unit, file=stream, disable=not shown, dynamic_ncols=True, **options)
+    # " photos": tqdm writes the unit right after the count ("5 photos", "12.3 photos/s").
+    return tqdm(total=total, unit=f" {unit}", file=stream, disable=not shown, dynamic_ncols=True, **options)
 
 
 @contextmanager
