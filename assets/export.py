@@ -13,7 +13,9 @@ whatever the photos weigh, and writes nothing to disk (bench/export.py: 10,000 p
   size and CRC follow it in a data descriptor, then the central directory at the end. Members
   are named `<photo id>-<original name>` (ZIP_NAME_HELP): unique, flat, and safe to unpack.
   A photo whose file is gone by the time its turn comes (deleted meanwhile) is left out and
-  named in a last member, MISSING.txt.
+  named in a last member, MISSING.txt. On request each original is followed by an XMP sidecar
+  (`<id>-<name>.xmp`, Adobe's naming) with the photo's embedded fields and extra keywords (an
+  album's name), for photo managers that read keywords from sidecars.
 """
 from __future__ import annotations
 
@@ -21,9 +23,10 @@ import csv
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from xml.etree import ElementTree
 
 from django.core.exceptions import SuspiciousFileOperation
 from django.http import StreamingHttpResponse
@@ -96,8 +99,9 @@ def csv_lines(rows: Iterable[ExportRow]) -> Iterator[str]:
         yield writer.writerow(_cells(row))
 
 
-def zip_chunks(assets: Iterable[Asset]) -> Iterator[bytes]:
-    """The ZIP of the photos' originals, generated while it is read."""
+def zip_chunks(assets: Iterable[Asset], sidecar_keywords: Sequence[str] | None = None) -> Iterator[bytes]:
+    """The ZIP of the photos' originals, generated while it is read; with `sidecar_keywords`
+    (a list, perhaps empty), each original is followed by its XMP sidecar."""
     archive = ZipStream(compress_type=ZIP_STORED)
     missing: list[str] = []
     seen: set[int] = set()
@@ -115,6 +119,8 @@ def zip_chunks(assets: Iterable[Asset]) -> Iterator[bytes]:
             missing.append(f"{name}: {exc.strerror or exc}")
             continue
         archive.add(_read_closing(original), name, size=os.fstat(original.fileno()).st_size)
+        if sidecar_keywords is not None:
+            archive.add(xmp_sidecar(asset, sidecar_keywords), f"{PurePosixPath(name).stem}.xmp")
         yield from archive.all_files()
     if missing:
         archive.add("Photos left out: their files could not be read (deleted during the export?)\n"
@@ -123,12 +129,14 @@ def zip_chunks(assets: Iterable[Asset]) -> Iterator[bytes]:
     yield from archive.footer()
 
 
-def export_response(rows: Iterable[ExportRow], kind: str, name: str) -> StreamingHttpResponse:
-    """The download of `rows` as `kind` (EXPORT_FORMATS), saved as `<name>.<kind>`."""
+def export_response(rows: Iterable[ExportRow], kind: str, name: str,
+                    sidecar_keywords: Sequence[str] | None = None) -> StreamingHttpResponse:
+    """The download of `rows` as `kind` (EXPORT_FORMATS), saved as `<name>.<kind>`; a ZIP with
+    XMP sidecars when `sidecar_keywords` is a list."""
     if kind == "csv":
         body, content_type = csv_lines(rows), "text/csv; charset=utf-8"
     elif kind == "zip":
-        body, content_type = zip_chunks(row.asset for row in rows), "application/zip"
+        body, content_type = zip_chunks((row.asset for row in rows), sidecar_keywords), "application/zip"
     else:
         raise ValueError(f"no export as {kind!r}; one of {EXPORT_FORMATS}")
     response = StreamingHttpResponse(body, content_type=content_type)
@@ -136,6 +144,36 @@ def export_response(rows: Iterable[ExportRow], kind: str, name: str) -> Streamin
     response["Cache-Control"] = "private, no-store"  # the viewer's access now, not a cached one
     response["X-Accel-Buffering"] = "no"  # nginx: pass the stream on, do not spool it to disk
     return response
+
+
+_X, _RDF = "adobe:ns:meta/", "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
+_DC, _XML_LANG = "http://purl.org/dc/elements/1.1/", "{http://www.w3.org/XML/1998/namespace}lang"
+for _prefix, _uri in (("x", _X), ("rdf", _RDF), ("dc", _DC)):
+    ElementTree.register_namespace(_prefix, _uri)
+
+
+def xmp_sidecar(asset: Asset, extra_keywords: Sequence[str] = ()) -> bytes:
+    """An XMP packet for `asset`: dc:title, dc:description, dc:creator and dc:rights as its
+    embedded metadata has them, and dc:subject its keywords plus `extra_keywords`."""
+    root = ElementTree.Element(f"{{{_X}}}xmpmeta")
+    description = ElementTree.SubElement(ElementTree.SubElement(root, f"{{{_RDF}}}RDF"), f"{{{_RDF}}}Description",
+                                         {f"{{{_RDF}}}about": ""})
+
+    def array(name: str, kind: str, items: Iterable[str], attributes: dict | None = None) -> None:
+        items = [item for item in items if item]
+        if items:
+            container = ElementTree.SubElement(ElementTree.SubElement(description, f"{{{_DC}}}{name}"), f"{{{_RDF}}}{kind}")
+            for item in items:
+                ElementTree.SubElement(container, f"{{{_RDF}}}li", attributes or {}).text = item
+
+    default_language = {_XML_LANG: "x-default"}
+    array("title", "Alt", [asset.title], default_language)
+    array("description", "Alt", [asset.caption], default_language)
+    array("creator", "Seq", [asset.creator])
+    array("rights", "Alt", [asset.copyright], default_language)
+    array("subject", "Bag", dict.fromkeys([*asset.keywords, *extra_keywords]))
+    packet = ElementTree.tostring(root, encoding="unicode")
+    return f'<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n{packet}\n<?xpacket end="w"?>'.encode()
 
 
 def _cells(row: ExportRow) -> list[str]:

@@ -2,7 +2,8 @@
 
 They are read through `albums.album_photos`, so an export holds exactly what the album page
 shows the viewer now (pinned and automatic photos, never removed ones, of the libraries the
-viewer may see at the moment of the request), by capture time.
+viewer may see at the moment of the request), by capture time. The ZIP may carry an XMP
+sidecar beside each photo with the album's name as a keyword.
 """
 from __future__ import annotations
 
@@ -21,6 +22,12 @@ def album_export_rows(album: Album, viewer) -> Iterator[ExportRow]:
     photos = album_photos(album, viewer).select_related("asset__library")
     for photo in photos.iterator(chunk_size=EXPORT_CHUNK_ROWS):
         yield ExportRow(photo.asset, photo.score)
+
+
+def album_sidecar_keywords(album: Album) -> list[str]:
+    """What the XMP sidecars of an album's ZIP add to each photo's keywords: the album's name,
+    so a photo manager that reads the sidecars files the photos under it."""
+    return [album.name]
 
 
 def album_export_name(album: Album) -> str:

@@ -14,7 +14,7 @@ from assets.views import PAGE_SIZES, page_size_from
 from ..models import Album, AlbumPhoto, Search
 from ..search.results import SORTS
 from .albums import AlbumError, album_photos, albums_of, audit, create_album_from_search, set_photo_state
-from .export import album_export_name, album_export_rows
+from .export import album_export_name, album_export_rows, album_sidecar_keywords
 
 
 def _own_album(request, pk) -> Album:
@@ -59,9 +59,11 @@ def album_detail(request, pk):
 @login_required
 @require_GET
 def album_export(request, pk, kind):
-    """The album's photos as CSV or a ZIP of their originals, streamed (assets.export)."""
+    """The album's photos as CSV or a ZIP of their originals (with XMP sidecars when
+    `?sidecars=1`), streamed (assets.export)."""
     album = _own_album(request, pk)
-    return export_response(album_export_rows(album, request.user), kind, album_export_name(album))
+    sidecars = album_sidecar_keywords(album) if request.GET.get("sidecars") == "1" else None
+    return export_response(album_export_rows(album, request.user), kind, album_export_name(album), sidecars)
 
 
 @login_required

@@ -8,10 +8,13 @@ from datetime import datetime, timezone as dt_timezone
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from rest_framework.test import APIClient
 
+from assets.metadata import read_metadata
 from assets.models import Library, LibraryMembership
 from retrieval.models import Album, AlbumPhoto, Search, SearchResult
+from tests.assets.conftest import image_bytes
 from tests.photos import write_photos
 
 pytestmark = pytest.mark.django_db
@@ -171,3 +174,30 @@ def test_the_pages_link_to_the_exports(world, client):
     assert f'href="/search/{search.pk}/export.csv"' in page and f'href="/search/{search.pk}/export.zip"' in page
     page = client.get(f"/albums/{album.pk}/").content.decode()
     assert f'href="/albums/{album.pk}/export.csv"' in page and f'href="/albums/{album.pk}/export.zip"' in page
+
+
+def test_an_album_zip_may_carry_xmp_sidecars_with_the_album_as_a_keyword(world, client):
+    m, b, album = world["mine"], world["bobs"], world["album"]
+    m[0].title, m[0].caption, m[0].creator = "Harbour & boats", "Two lines\nof caption", "Ann <ann@example.org>"
+    m[0].save()
+    zipped = zipfile.ZipFile(io.BytesIO(body(api(world["ann"]).get(f"/api/albums/{album.pk}/export/zip/",
+                                                                  {"sidecars": "true"}))))
+    assert zipped.namelist() == [f"{m[0].pk}-Sailboat_Brest.jpg", f"{m[0].pk}-Sailboat_Brest.xmp",
+                                 f"{b[0].pk}-Régate.jpg", f"{b[0].pk}-Régate.xmp",
+                                 f"{m[1].pk}-passwd.jpg", f"{m[1].pk}-passwd.xmp"]
+    # What a photo manager reads from the sidecar is what it says (read back by cletir's own reader).
+    sidecar = zipped.read(f"{m[0].pk}-Sailboat_Brest.xmp")
+    photo = Image.open(io.BytesIO(image_bytes("JPEG", xmp=sidecar)))
+    found = read_metadata(photo)
+    assert (found.title, found.caption, found.creator, found.keywords, found.errors) == (
+        "Harbour & boats", "Two lines\nof caption", "Ann <ann@example.org>",
+        ["sailing", "brest", "boats & sails!"], [])
+    assert read_metadata(Image.open(io.BytesIO(image_bytes("JPEG", xmp=zipped.read(f"{m[1].pk}-passwd.xmp"))))
+                         ).keywords == ["boats & sails!"]
+
+    client.force_login(world["ann"])
+    page = zipfile.ZipFile(io.BytesIO(body(client.get(f"/albums/{album.pk}/export.zip", {"sidecars": "1"}))))
+    assert page.namelist() == zipped.namelist()
+    assert len(zipfile.ZipFile(io.BytesIO(body(client.get(f"/albums/{album.pk}/export.zip")))).namelist()) == 3
+    refused = api(world["ann"]).get(f"/api/albums/{album.pk}/export/zip/", {"sidecars": "maybe"})
+    assert (refused.status_code, refused.json()) == (400, {"sidecars": ["Must be a valid boolean."]})
