@@ -131,15 +131,20 @@ def test_xmp_gps_is_used_when_exif_has_none(library):
 
 
 def test_png_and_tiff_carry_xmp_and_tiff_carries_iptc(library, tmp_path):
-    text = PngImagePlugin.PngInfo()
-    text.add_itxt("XML:com.adobe.xmp", XMP)
-    png = ingest(library, image_bytes("PNG", pnginfo=text), "photo.png")
+    png = ingest(library, image_bytes("PNG", pnginfo=_xmp_chunk()), "photo.png")
     assert (png.title, png.keywords[:2]) == ("Harbour at dawn", ["boats", "golden hour"])
 
     # The IIM bytes iptcinfo3 wrote into a JPEG's APP13, stored in TIFF's IPTC tag (33723).
     iim = Image.open(io.BytesIO(with_iptc(image_bytes("JPEG"), tmp_path, IPTC))).info["photoshop"][0x0404]
     tiff = ingest(library, image_bytes("TIFF", seed=3, tiffinfo={33723: iim, 700: XMP.encode()}), "scan.tif")
     assert (tiff.title, tiff.keywords) == ("Harbour at dawn", ["boats", "golden hour", "brest", "sailing", "café"])
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("WEBP", "phone.webp"), ("HEIF", "phone.heic")])
+def test_webp_and_heif_carry_exif_and_xmp(library, fmt, name):
+    asset = ingest(library, image_bytes(fmt, exif=camera_exif(), xmp=XMP.encode()), name)
+    assert (asset.title, asset.camera_model, asset.latitude, asset.keywords[:2]) == (
+        "Harbour at dawn", "NIKON D750", -33.86, ["boats", "golden hour"])
 
 
 @pytest.mark.parametrize(("xmp", "error"), [
@@ -243,3 +248,27 @@ def test_the_photo_page_the_api_and_the_admin_show_the_metadata(library, owner, 
     assert list(with_gps) == [asset]
     without = client.get("/admin/assets/asset/", {"metadata": "no_keywords"}).context["cl"].result_list
     assert list(without) == [other]
+
+
+def test_uploads_and_import_folder_both_read_the_metadata(library, owner, tmp_path):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_authenticate(owner)
+    upload = SimpleUploadedFile("sent.jpg", with_iptc(image_bytes("JPEG", seed=11), tmp_path, IPTC))
+    answer = client.post(f"/api/libraries/{library.pk}/upload/", {"files": [upload]}, format="multipart")
+    assert Asset.objects.get(pk=answer.json()["results"][0]["asset_id"]).title == "IPTC title"
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "scan.png").write_bytes(image_bytes("PNG", seed=12, pnginfo=_xmp_chunk()))
+    call_command("import_folder", str(folder), "--library", library.name, "--owner", owner.username,
+                 stdout=io.StringIO(), stderr=io.StringIO())
+    assert Asset.objects.get(original_name="scan.png").keywords == ["boats", "golden hour", "brest"]
+
+
+def _xmp_chunk() -> PngImagePlugin.PngInfo:
+    text = PngImagePlugin.PngInfo()
+    text.add_itxt("XML:com.adobe.xmp", XMP)
+    return text
