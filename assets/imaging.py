@@ -1,4 +1,5 @@
-"""Open and validate one image file: what it is, how big, when it was taken, or why it is refused;
+"""Open and validate one image file: what it is, how big, when it was taken, what its embedded
+metadata says (assets.metadata), or why it is refused;
 and `to_rgb8`, the one way a decoded photo becomes 8-bit RGB (renditions and indexing both use it).
 
 Accepted: JPEG (and MPO, the multi-picture JPEG that many cameras write), PNG, WebP, TIFF, GIF

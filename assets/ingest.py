@@ -14,6 +14,10 @@ Every file offered ends in exactly one outcome (`IngestOutcome.status`); nothing
   API adds these, see assets.uploads). After a `server_error` or `library_deleted`, the files
   that follow are not tried and get the same reason: they would fail the same way.
 
+A photo's embedded XMP, IPTC and EXIF fields (title, caption, keywords, camera, position, ...:
+assets.metadata) are stored with it; a block that cannot be read never refuses the photo, it is
+named in the photo's `metadata_error`.
+
 Entries of an archive carry `archive`, the archive's name; their refusals name it
 (`photos.zip: dir/x.jpg`) on the library page and in `import_folder`'s output.
 

@@ -185,8 +185,9 @@ def _xmp_entries(value: object) -> list:
 
 
 def _xmp_entry_text(entry: object) -> str:
-    # An entry with attributes (xml:lang) is a dict holding its text under "text".
-    return entry.get("text") or "" if isinstance(entry, dict) else entry if isinstance(entry, str) else ""
+    if isinstance(entry, dict):  # an entry with attributes (xml:lang) holds its text under "text"
+        entry = entry.get("text")
+    return entry if isinstance(entry, str) else ""
 
 
 def _xmp_items(value: object) -> list[str]:
