@@ -1,6 +1,6 @@
 """Open and validate one image file: what it is, how big, when it was taken, what its embedded
-metadata says (assets.metadata), or why it is refused;
-and `to_rgb8`, the one way a decoded photo becomes 8-bit RGB (renditions and indexing both use it).
+metadata says (assets.metadata), or why it is refused; and `to_rgb8`, the one way a decoded
+photo becomes 8-bit RGB (renditions and indexing both use it).
 
 Accepted: JPEG (and MPO, the multi-picture JPEG that many cameras write), PNG, WebP, TIFF, GIF
 (first frame) and HEIC/HEIF (pillow-heif). Every other format Pillow can identify (BMP, ICO,
