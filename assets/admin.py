@@ -1,6 +1,7 @@
 from django.contrib import admin
-from django.db.models import Count
+from django.db.models import Count, Q
 
+from .metadata import normalise_keyword
 from .models import Asset, Library, LibraryMembership, RejectedFile
 from .services import delete_assets, delete_library
 
@@ -38,14 +39,62 @@ class LibraryAdmin(DeleteThroughServices, admin.ModelAdmin):
         return obj._photo_count
 
 
+class EmbeddedMetadataFilter(admin.SimpleListFilter):
+    """Photos by what their embedded blocks gave: keywords, a position, or a block that could
+    not be read."""
+
+    title = "embedded metadata"
+    parameter_name = "metadata"
+    CHOICES = {
+        "keywords": ("with keywords", ~Q(keywords=[])),
+        "no_keywords": ("without keywords", Q(keywords=[])),
+        "gps": ("with a GPS position", Q(latitude__isnull=False)),
+        "error": ("a block could not be read", ~Q(metadata_error="")),
+        "unread": ("not read yet (manage.py read_photo_metadata)", Q(metadata_version=0)),
+    }
+
+    def lookups(self, request, model_admin):
+        return [(value, label) for value, (label, _) in self.CHOICES.items()]
+
+    def queryset(self, request, queryset):
+        choice = self.CHOICES.get(self.value())
+        return queryset.filter(choice[1]) if choice else queryset
+
+
 @admin.register(Asset)
 class AssetAdmin(DeleteThroughServices, admin.ModelAdmin):
-    list_display = ["__str__", "library", "status", "error", "width", "height", "taken_at", "created_at"]
-    list_filter = ["status", "library"]
-    search_fields = ["original_name", "sha256"]
-    readonly_fields = ["sha256", "size_bytes", "width", "height", "format", "created_at", "uploaded_by"]
+    list_display = ["__str__", "library", "status", "error", "width", "height", "taken_at", "camera", "keyword_list",
+                    "created_at"]
+    list_filter = ["status", "library", EmbeddedMetadataFilter, "camera_make"]
+    search_fields = ["original_name", "sha256", "title", "caption", "creator", "camera_model"]
+    search_help_text = ("Name, hash, title, caption, creator or camera model contain the words; "
+                        "or a photo has the whole text as a keyword.")
+    readonly_fields = ["sha256", "size_bytes", "width", "height", "format", "created_at", "uploaded_by",
+                       "metadata_error", "metadata_version"]
     list_select_related = ["library"]
     raw_id_fields = ["library"]
+    fieldsets = [
+        (None, {"fields": ["library", "file", "original_name", "uploaded_by", "status", "error", "sha256", "size_bytes",
+                           "width", "height", "format", "taken_at", "created_at"]}),
+        ("Embedded metadata (XMP, IPTC, EXIF)", {"fields": [
+            "title", "caption", "keywords", "creator", "copyright", "camera_make", "camera_model", "latitude",
+            "longitude", "metadata_error", "metadata_version"]}),
+    ]
+
+    def get_search_results(self, request, queryset, search_term):
+        found, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        keyword = normalise_keyword(search_term)
+        if keyword:  # from the list-filtered queryset; the GIN index on keywords answers it
+            found |= queryset.filter(keywords__contains=[keyword])
+        return found, may_have_duplicates
+
+    @admin.display(description="camera", ordering="camera_model")
+    def camera(self, obj):
+        return " ".join(part for part in (obj.camera_make, obj.camera_model) if part)
+
+    @admin.display(description="keywords")
+    def keyword_list(self, obj):
+        return ", ".join(obj.keywords)
 
     def delete_queryset(self, request, queryset):
         delete_assets(queryset)

@@ -9,10 +9,12 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, NotFound, PermissionDenied, Throttled, ValidationError
+from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 
+from .export import CSV_COLUMN_HELP, EXPORT_FORMATS, ZIP_NAME_HELP
 from .ingest import (
     DUPLICATE,
     FAILED,
@@ -131,6 +133,35 @@ def parse_ids(text: str) -> list[int]:
     if len(parts) > MAX_IDS:
         raise ValidationError({"ids": [f"At most {MAX_IDS} ids at a time."]})
     return [int(part) for part in parts]
+class DownloadNegotiation(BaseContentNegotiation):
+    """For download actions (exports): the URL names the format, so the client's Accept header
+    chooses nothing; the first renderer (JSON) renders the errors, and a download is streamed
+    without any renderer."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+EXPORT_URL_PATH = r"export/(?P<kind>csv|zip)"
+
+
+def export_schema(what: str):
+    """The schema of an export action: `kind` in the path, a CSV or ZIP download."""
+    columns = "; ".join(f"`{name}`: {meaning}" for name, meaning in CSV_COLUMN_HELP)
+    body = (f"`csv`: one row per photo, columns {columns}. `zip`: the original files, stored uncompressed, "
+            f"named {ZIP_NAME_HELP}; a photo whose file was deleted during the export is listed in a last member, "
+            "MISSING.txt.")
+    return extend_schema(
+        parameters=[OpenApiParameter("kind", str, OpenApiParameter.PATH, enum=list(EXPORT_FORMATS),
+                                     description="`csv`: one row per photo; `zip`: the photos' original files")],
+        responses={(200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description=body),
+                   (200, "application/zip"): OpenApiResponse(OpenApiTypes.BINARY, description=body)},
+        description=(f"Download {what}, as CSV or as a ZIP of their original files, streamed as it is made (no "
+                     "Content-Length). Only photos of libraries you may see now are included."),
+    )
 
 
 def require_access(user, library, need: Access) -> None:

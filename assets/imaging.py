@@ -1,5 +1,6 @@
-"""Open and validate one image file: what it is, how big, when it was taken, or why it is refused;
-and `to_rgb8`, the one way a decoded photo becomes 8-bit RGB (renditions and indexing both use it).
+"""Open and validate one image file: what it is, how big, when it was taken, what its embedded
+metadata says (assets.metadata), or why it is refused; and `to_rgb8`, the one way a decoded
+photo becomes 8-bit RGB (renditions and indexing both use it).
 
 Accepted: JPEG (and MPO, the multi-picture JPEG that many cameras write), PNG, WebP, TIFF, GIF
 (first frame) and HEIC/HEIF (pillow-heif). Every other format Pillow can identify (BMP, ICO,
@@ -14,13 +15,15 @@ from __future__ import annotations
 import datetime as dt
 import warnings
 import zoneinfo
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pillow_heif
 from django.conf import settings
 from PIL import ExifTags, Image, UnidentifiedImageError
+
+from .metadata import EmbeddedMetadata, read_metadata
 
 pillow_heif.register_heif_opener()
 
@@ -105,6 +108,8 @@ class ImageInfo:
     width: int  # as displayed, EXIF orientation applied
     height: int
     taken_at: dt.datetime | None  # aware
+    # Title, caption, keywords, camera, position... from XMP, IPTC and EXIF (assets.metadata).
+    metadata: EmbeddedMetadata = field(default_factory=EmbeddedMetadata)
 
 
 def max_image_pixels() -> int:
@@ -142,6 +147,16 @@ def inspect_image(path: str | Path) -> ImageInfo:
         return info
 
 
+def read_file_metadata(path: str | Path) -> EmbeddedMetadata:
+    """The embedded metadata of a stored photo (assets.metadata); a file that cannot be opened
+    gives none, with the reason in `errors`."""
+    try:
+        with open(path, "rb") as fh, _open(fh) as im:
+            return read_metadata(im)
+    except Exception as exc:  # missing, unreadable or no longer an image: noted, never raised
+        return EmbeddedMetadata(errors=[f"file: could not be opened ({type(exc).__name__}: {exc})"[:1000]])
+
+
 def _open(fh, formats: list[str] | None = None) -> Image.Image:
     # Our pixel limit replaces Pillow's warning threshold; Pillow's hard error (twice its
     # MAX_IMAGE_PIXELS) still fires first for absurd sizes and is reported the same way.
@@ -161,7 +176,7 @@ def _check_header(im: Image.Image, limit: int) -> ImageInfo:
     exif = _read_exif(im)
     if _orientation(exif) in _SWAPPING_ORIENTATIONS:
         width, height = height, width
-    return ImageInfo(stored_format, suffix, width, height, _taken_at(exif))
+    return ImageInfo(stored_format, suffix, width, height, _taken_at(exif), read_metadata(im))
 
 
 def _decode(im: Image.Image, limit: int) -> None:

@@ -14,6 +14,10 @@ Every file offered ends in exactly one outcome (`IngestOutcome.status`); nothing
   API adds these, see assets.uploads). After a `server_error` or `library_deleted`, the files
   that follow are not tried and get the same reason: they would fail the same way.
 
+A photo's embedded XMP, IPTC and EXIF fields (title, caption, keywords, camera, position, ...:
+assets.metadata) are stored with it; a block that cannot be read never refuses the photo, it is
+named in the photo's `metadata_error`.
+
 Entries of an archive carry `archive`, the archive's name; their refusals name it
 (`photos.zip: dir/x.jpg`) on the library page and in `import_folder`'s output.
 
@@ -212,6 +216,7 @@ def ingest_file(
         asset = Asset(
             library=library, uploaded_by=uploaded_by, original_name=name, sha256=sha256, size_bytes=size,
             width=info.width, height=info.height, format=info.format, taken_at=info.taken_at,
+            **info.metadata.asset_fields(),
         )
         # The stored name comes from the library id, the hash and the detected format, never
         # from the uploaded name; the same photo always lands on the same path.

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
 from django.db import models
 
 
@@ -76,14 +78,43 @@ class Asset(models.Model):
     # keeps two workers off one photo without a lock held while it renders).
     renditions_claim = models.CharField(max_length=64, blank=True, default="")
     renditions_claimed_at = models.DateTimeField(null=True, blank=True)
+    # What the photo says about itself, from its XMP, IPTC and EXIF blocks (assets.metadata).
+    title = models.CharField(max_length=500, blank=True)
+    caption = models.TextField(blank=True)
+    # Normalised (assets.metadata.normalise_keyword: NFC, single spaces, lower case) so that a
+    # filter matches "Golden Gate" however a camera or editor wrote it; an array in the row, with
+    # a GIN index for `keywords__contains=[...]` (any photo with all these keywords) and
+    # `keywords__overlap` (any of them), rather than a keyword table: one photo row carries its
+    # keywords wherever it is read (pages, API, CSV) without a join or a prefetch.
+    keywords = ArrayField(models.CharField(max_length=100), default=list, blank=True)
+    creator = models.CharField(max_length=500, blank=True)
+    copyright = models.CharField(max_length=500, blank=True)
+    camera_make = models.CharField(max_length=500, blank=True)
+    camera_model = models.CharField(max_length=500, blank=True)
+    latitude = models.FloatField(null=True, blank=True, help_text="GPS latitude, WGS 84 degrees (north positive)")
+    longitude = models.FloatField(null=True, blank=True, help_text="GPS longitude, WGS 84 degrees (east positive)")
+    metadata_error = models.TextField(
+        blank=True, help_text="The embedded blocks that could not be read, and why (the photo is stored all the same)")
+    # The reader (assets.metadata.METADATA_VERSION) that filled the fields above; 0: never read
+    # (photos stored before metadata was read: `manage.py read_photo_metadata` reads them).
+    metadata_version = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [models.UniqueConstraint(fields=["library", "sha256"], name="asset_sha256_unique_per_library")]
-        indexes = [models.Index(fields=["library", "-created_at"]), models.Index(fields=["library", "taken_at"])]
+        indexes = [
+            models.Index(fields=["library", "-created_at"]), models.Index(fields=["library", "taken_at"]),
+            GinIndex(fields=["keywords"], name="asset_keywords_gin"),
+        ]
 
     def __str__(self) -> str:
         return self.original_name or self.sha256[:12]
+
+    @property
+    def has_embedded_metadata(self) -> bool:
+        """Whether the photo's blocks gave any field (or could not be read)."""
+        return any((self.title, self.caption, self.keywords, self.creator, self.copyright, self.camera_make,
+                    self.camera_model, self.latitude is not None, self.metadata_error))
 
 
 # The orders of a library's photos, on the gallery page and in the API (`sort`): newest upload

@@ -38,6 +38,25 @@ class MemberRoleSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=LibraryMembership.Role.choices)
 
 
+# What the photo's own XMP, IPTC and EXIF blocks say (assets.metadata); "" or null when none did.
+EMBEDDED_METADATA_HELP = {
+    "title": "Title: XMP dc:title (x-default), else IPTC Object Name (2:05), else EXIF XPTitle.",
+    "caption": "Caption: XMP dc:description, else IPTC Caption/Abstract (2:120), else EXIF ImageDescription.",
+    "keywords": ("Keywords of XMP dc:subject, IPTC Keywords (2:25) and EXIF XPKeywords together, each once, "
+                 "normalised: Unicode NFC, single spaces, lower case."),
+    "creator": "Creator: XMP dc:creator, else IPTC By-line (2:80), else EXIF Artist; several joined by '; '.",
+    "copyright": "Copyright: XMP dc:rights, else IPTC Copyright Notice (2:116), else EXIF Copyright.",
+    "camera_make": "Camera maker: EXIF Make, else XMP tiff:Make.",
+    "camera_model": "Camera model: EXIF Model, else XMP tiff:Model.",
+    "latitude": "GPS latitude in WGS 84 degrees, north positive: EXIF GPS, else XMP exif:GPSLatitude.",
+    "longitude": "GPS longitude in WGS 84 degrees, east positive.",
+    "metadata_error": ("The embedded blocks that could not be read, one per line (`XMP: could not be read "
+                       "(...)`); the photo is stored all the same, with what the other blocks gave. Empty when "
+                       "all were read."),
+}
+EMBEDDED_METADATA_FIELDS = list(EMBEDDED_METADATA_HELP)
+
+
 class AssetSerializer(serializers.ModelSerializer):
     file_url = serializers.SerializerMethodField()
     thumbnail_url = serializers.SerializerMethodField()
@@ -46,12 +65,13 @@ class AssetSerializer(serializers.ModelSerializer):
     class Meta:
         model = Asset
         fields = ["id", "library", "original_name", "width", "height", "format", "size_bytes", "taken_at",
-                  "created_at", "status", "error", "file_url", "thumbnail_url", "preview_url"]
+                  "created_at", "status", "error", "file_url", "thumbnail_url", "preview_url",
+                  *EMBEDDED_METADATA_FIELDS]
         extra_kwargs = {"taken_at": {"help_text": (
             "When the photo was taken, from its EXIF data: DateTimeOriginal, else DateTimeDigitized, else "
             "DateTime (0x0132, which editing software may have rewritten); with the matching OffsetTime when "
             "the photo has one, otherwise in the site's time zone. Null when the photo has none of them."
-        )}}
+        )}, **{name: {"help_text": text} for name, text in EMBEDDED_METADATA_HELP.items()}}
 
     def _rendition_url(self, asset, name) -> str | None:
         names = {r.name for r in asset.renditions.all()}  # prefetched by the viewset

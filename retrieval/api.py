@@ -11,13 +11,15 @@ from rest_framework.exceptions import Throttled, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from assets.api import PhotoPagination
+from assets.api import EXPORT_URL_PATH, DownloadNegotiation, PhotoPagination, export_schema
+from assets.export import export_response
 from assets.models import Asset, Library
 from assets.permissions import library_for
 
 from .indexing.progress import asset_state, index_progress
 from .indexing.spaces import active_space, serving_space
 from .models import Search
+from .search.export import search_export_name, search_export_rows
 from .search.limits import RateLimited
 from .search.results import matching_results
 from .search.service import Refinement, SearchInputError, SearchRequest, create_search, refine_search
@@ -129,3 +131,10 @@ class SearchViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retri
                                 request.query_params.get("sort", ""))
         page = self.paginate_queryset(rows)
         return self.get_paginated_response(SearchResultSerializer(page, many=True, context={"request": request}).data)
+
+    @export_schema("the search's matches (rank up to `match_count`), by rank")
+    @action(detail=True, methods=["get"], url_path=EXPORT_URL_PATH, url_name="export",
+            content_negotiation_class=DownloadNegotiation)
+    def export(self, request, pk=None, kind=None):
+        search = self.get_object()
+        return export_response(search_export_rows(search, request.user), kind, search_export_name(search))

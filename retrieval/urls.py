@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import path, re_path
 
 from . import views
 from .albums import views as album_views
@@ -10,6 +10,7 @@ urlpatterns = [
     path("search/<int:pk>/proxies/<int:index>", views.proxy_image, name="search-proxy-image"),
     path("search/<int:pk>/examples/<int:example_id>", views.example_image, name="search-example-image"),
     path("proxy-images/<int:image_id>", views.admin_proxy_image, name="admin-proxy-image"),
+    re_path(r"^search/(?P<pk>[0-9]+)/export\.(?P<kind>csv|zip)$", views.search_export, name="search-export"),
 ]
 
 # Smart albums (retrieval.albums).
@@ -20,4 +21,5 @@ urlpatterns += [
     path("albums/<int:pk>/delete", album_views.album_delete, name="album-delete"),
     path("albums/<int:pk>/photos/<int:asset_id>/state", album_views.album_photo_state, name="album-photo-state"),
     path("search/<int:pk>/save-album", album_views.album_from_search, name="search-save-album"),
+    re_path(r"^albums/(?P<pk>[0-9]+)/export\.(?P<kind>csv|zip)$", album_views.album_export, name="album-export"),
 ]

@@ -9,11 +9,13 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from assets.export import export_response
 from assets.permissions import libraries_visible_to
 from assets.serving import login_or_token_required, serve_file
 from assets.views import PAGE_SIZES, page_size_from
 
 from .models import ProxyImage, Search
+from .search.export import search_export_name, search_export_rows
 from .search.limits import RateLimited
 from .search.results import matching_results, visible_photos
 from .search.service import Refinement, SearchInputError, SearchRequest, create_search, refine_search
@@ -81,6 +83,14 @@ def search_detail(request, pk):
         "positives": positives, "negatives": negatives,
         "example_ids": {a.pk for a in positives + negatives},
     })
+
+
+@login_required
+@require_GET
+def search_export(request, pk, kind):
+    """The matches as CSV or a ZIP of their originals, streamed (assets.export)."""
+    search = _own_search(request, pk)
+    return export_response(search_export_rows(search, request.user), kind, search_export_name(search))
 
 
 @login_required

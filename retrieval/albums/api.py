@@ -13,11 +13,13 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
-from assets.api import PhotoPagination
+from assets.api import EXPORT_URL_PATH, DownloadNegotiation, PhotoPagination, export_schema
+from assets.export import export_response
 
 from ..models import Album, AlbumPhoto, Search
 from ..search.results import SORTS
 from .albums import AlbumError, album_photos, create_album_from_search, set_photo_state
+from .export import album_export_name, album_export_rows, album_sidecar_keywords
 
 
 class AlbumSerializer(serializers.ModelSerializer):
@@ -63,6 +65,18 @@ class AlbumPhotoStateSerializer(serializers.Serializer):
     asset = serializers.IntegerField()
 
 
+def _flag(request, name: str) -> bool:
+    """A boolean query parameter, read as DRF reads booleans (1/0, true/false, ...); other
+    values answer 400 naming it."""
+    raw = request.query_params.get(name, "")
+    if raw == "":
+        return False
+    try:
+        return serializers.BooleanField().to_internal_value(raw)
+    except serializers.ValidationError as exc:
+        raise ValidationError({name: exc.detail}) from None
+
+
 class AlbumViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin,
                    viewsets.GenericViewSet):
     serializer_class = AlbumSerializer
@@ -94,6 +108,17 @@ class AlbumViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
             raise ValidationError({"sort": [f"One of: {', '.join(SORTS)}."]})
         page = self.paginate_queryset(album_photos(album, request.user, sort))
         return self.get_paginated_response(AlbumPhotoSerializer(page, many=True, context={"request": request}).data)
+
+    @export_schema("the album's photos (pinned and automatic), by capture time")
+    @extend_schema(parameters=[OpenApiParameter("sidecars", bool, description=(
+        "zip: follow each photo with an XMP sidecar (`<id>-<name>.xmp`: its title, caption, creator, copyright "
+        "and keywords, and the album's name as one more keyword)"))])
+    @action(detail=True, methods=["get"], url_path=EXPORT_URL_PATH, url_name="export",
+            content_negotiation_class=DownloadNegotiation)
+    def export(self, request, pk=None, kind=None):
+        album = self.get_object()
+        sidecars = album_sidecar_keywords(album) if _flag(request, "sidecars") else None
+        return export_response(album_export_rows(album, request.user), kind, album_export_name(album), sidecars)
 
     def _set_state(self, request, state: str) -> Response:
         album = self.get_object()

@@ -8,11 +8,13 @@ from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from assets.export import export_response
 from assets.views import PAGE_SIZES, page_size_from
 
 from ..models import Album, AlbumPhoto, Search
 from ..search.results import SORTS
 from .albums import AlbumError, album_photos, albums_of, audit, create_album_from_search, set_photo_state
+from .export import album_export_name, album_export_rows, album_sidecar_keywords
 
 
 def _own_album(request, pk) -> Album:
@@ -52,6 +54,16 @@ def album_detail(request, pk):
     return render(request, "retrieval/album_detail.html", {
         "album": album, "page": page, "sort": sort, "size": size, "page_sizes": PAGE_SIZES, "total": photos.count(),
     })
+
+
+@login_required
+@require_GET
+def album_export(request, pk, kind):
+    """The album's photos as CSV or a ZIP of their originals (with XMP sidecars when
+    `?sidecars=1`), streamed (assets.export)."""
+    album = _own_album(request, pk)
+    sidecars = album_sidecar_keywords(album) if request.GET.get("sidecars") == "1" else None
+    return export_response(album_export_rows(album, request.user), kind, album_export_name(album), sidecars)
 
 
 @login_required

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -108,3 +109,35 @@ def test_import_stops_with_the_reason_when_the_database_fails(tree, make_user, m
     # Nothing about the failed file is remembered: the next run reads it again.
     monkeypatch.undo()
     assert "  stored: 2\n" in run(str(tree), "--library", "Archive", "--owner", "ann")
+
+
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal, as a shell's is."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_a_progress_bar_counts_the_files_with_rate_and_eta(tree, make_user):
+    make_user("ann")
+    out, err = io.StringIO(), Terminal()
+    call_command("import_folder", str(tree), "--library", "Archive", "--owner", "ann", stdout=out, stderr=err)
+
+    # tqdm redraws the line with carriage returns; its last drawing is the finished bar.
+    final = err.getvalue().split("\r")[-1]
+    assert re.search(r"^Importing: 100%\|.*\| 5/5 \[\d\d:\d\d<00:00, +[\d.]+ files/s, 3 stored, 1 duplicates, "
+                     r"1 rejected, 0 already imported\]", final), final
+    # Listed first (the bar needs the tree's length), and the same outcome table at the end.
+    assert err.getvalue().startswith("\rListing: 0 files")
+    assert "rejected  2019/notes.txt: not_an_image" in out.getvalue()
+    assert out.getvalue().endswith("  stored: 3\n  duplicates: 1\n  rejected: 1\n    not_an_image: 1\n"
+                                   "  already imported (skipped): 0\n")
+
+
+@pytest.mark.parametrize("stderr, flags", [(Terminal, ["--no-progress"]), (io.StringIO, [])])
+def test_no_bar_with_no_progress_or_without_a_terminal(tree, make_user, stderr, flags):
+    make_user("ann")
+    out, err = io.StringIO(), stderr()
+    call_command("import_folder", str(tree), "--library", "Archive", "--owner", "ann", *flags, stdout=out, stderr=err)
+    assert err.getvalue() == ""
+    assert "  stored: 3\n  duplicates: 1\n" in out.getvalue()

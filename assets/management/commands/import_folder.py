@@ -1,17 +1,23 @@
-"""`manage.py import_folder PATH --library NAME [--owner USERNAME]`: a folder tree on the server.
+"""`manage.py import_folder PATH --library NAME [--owner USERNAME] [--no-progress]`: a folder
+tree on the server.
 
 Recursive and resumable: every file seen is remembered with its size and modification time
 (ImportedFile), so a second run reads only files that are new or changed since; a changed file
 whose bytes are already in the library is reported as a duplicate by ingestion. Bad files are
 reported and the import goes on; the exit status is 0 unless PATH does not exist (or the
 library's owner cannot be determined).
+
+On a terminal, a progress bar on stderr counts the files (rate, ETA, the outcomes so far): the
+tree is listed first so the bar knows its length. Without a terminal (a log file, cron) or with
+--no-progress, a line of counts every PROGRESS_EVERY_SECONDS takes its place. Either way the
+run ends with the table of outcomes on stdout.
 """
 from __future__ import annotations
 
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from django.conf import settings
@@ -21,6 +27,7 @@ from django.core.management.base import BaseCommand, CommandError
 from assets.archives import is_skipped_name
 from assets.ingest import DUPLICATE, FAILED, REJECTED, SKIPPED, STORED, IngestOutcome, Ingestion
 from assets.models import ImportedFile, Library
+from assets.progress_bar import above, add_progress_argument, progress_bar
 
 PROGRESS_EVERY_SECONDS = 5.0
 
@@ -32,8 +39,10 @@ class Command(BaseCommand):
         parser.add_argument("path", help="a folder (searched recursively) or a single file or .zip")
         parser.add_argument("--library", required=True, help="library name; created if missing")
         parser.add_argument("--owner", help="username owning the library (default: the first superuser)")
+        add_progress_argument(parser)
 
-    def handle(self, *args, path: str, library: str, owner: str | None, verbosity: int, **options):
+    def handle(self, *args, path: str, library: str, owner: str | None, verbosity: int, no_progress: bool = False,
+               **options):
         root = Path(path).expanduser().absolute()
         if not root.exists():
             raise CommandError(f"{path}: no such file or folder")
@@ -45,28 +54,53 @@ class Command(BaseCommand):
         }
         counts: Counter[str] = Counter()
         reasons: Counter[str] = Counter()
-        started = last_report = time.monotonic()
         self.stdout.write(f"Importing {root} into library \"{target.name}\" (id {target.pk}) of {target.owner}")
+        files: Iterable[Path] = _files_under(root)
+        bar = progress_bar(self.stderr, None, "files", wanted=not no_progress, desc="Listing")
+        if not bar.disable:  # the bar's ETA needs the length of the tree: list it first
+            files = _listed(files, bar)
+            bar.reset(total=len(files))
+            bar.set_description("Importing")
+        started = last_report = time.monotonic()
         ingestion = Ingestion(target)
-        for file_path in _files_under(root):
-            try:
-                stat = file_path.stat()
-            except OSError as exc:
-                counts["unreadable"] += 1
+        with bar:
+            for file_path in files:
+                self._import_one(root, file_path, ingestion, target, seen, counts, reasons, bar, verbosity)
+                bar.update()
+                bar.set_postfix_str(_tally(counts), refresh=False)
+                if ingestion.stopped is not None:  # the database or the library is gone: the rest would fail too
+                    break
+                now = time.monotonic()
+                if bar.disable and now - last_report >= PROGRESS_EVERY_SECONDS:
+                    last_report = now
+                    self.stdout.write(f"... {_tally(counts)} ({now - started:.0f} s)")
+        self.stdout.write(self._summary(target, counts, reasons, time.monotonic() - started))
+        if ingestion.stopped is not None:
+            raise CommandError(f"import stopped: {ingestion.stopped.message} A second run goes on from here.")
+
+    def _import_one(self, root: Path, file_path: Path, ingestion: Ingestion, target: Library, seen: dict,
+                    counts: Counter, reasons: Counter, bar, verbosity: int) -> None:
+        try:
+            stat = file_path.stat()
+        except OSError as exc:
+            counts["unreadable"] += 1
+            with above(bar):
                 self.stderr.write(f"unreadable  {file_path}: {exc.strerror or exc}")
-                continue
-            key = str(file_path)
-            if seen.get(key) == (stat.st_size, stat.st_mtime_ns):
-                counts["already"] += 1
-                continue
-            label = file_path.name if file_path == root else str(file_path.relative_to(root))
-            try:
-                with open(file_path, "rb") as fh:
-                    outcomes = ingestion.upload(fh, label)
-            except OSError as exc:  # vanished or unreadable between walk and open; not remembered
-                counts["unreadable"] += 1
+            return
+        key = str(file_path)
+        if seen.get(key) == (stat.st_size, stat.st_mtime_ns):
+            counts["already"] += 1
+            return
+        label = file_path.name if file_path == root else str(file_path.relative_to(root))
+        try:
+            with open(file_path, "rb") as fh:
+                outcomes = ingestion.upload(fh, label)
+        except OSError as exc:  # vanished or unreadable between walk and open; not remembered
+            counts["unreadable"] += 1
+            with above(bar):
                 self.stderr.write(f"unreadable  {label}: {exc.strerror or exc}")
-                continue
+            return
+        with above(bar):
             for outcome in outcomes:
                 counts[outcome.status] += 1
                 if outcome.status == REJECTED:
@@ -76,15 +110,8 @@ class Command(BaseCommand):
                     self.stderr.write(f"failed  {outcome.label}: {outcome.reason}: {outcome.message}")
                 elif verbosity >= 2:
                     self.stdout.write(f"{outcome.status}  {outcome.label}")
-            if ingestion.stopped is not None:  # the database or the library is gone: the rest would fail too
-                self.stdout.write(self._summary(target, counts, reasons, time.monotonic() - started))
-                raise CommandError(f"import stopped: {ingestion.stopped.message} A second run goes on from here.")
+        if ingestion.stopped is None:
             _remember(target, key, stat, outcomes)
-            now = time.monotonic()
-            if now - last_report >= PROGRESS_EVERY_SECONDS:
-                last_report = now
-                self.stdout.write(f"... {_tally(counts)} ({now - started:.0f} s)")
-        self.stdout.write(self._summary(target, counts, reasons, time.monotonic() - started))
 
     def _library(self, name: str, owner: str | None) -> Library:
         User = get_user_model()
@@ -141,6 +168,14 @@ def _files_under(root: Path) -> Iterator[Path]:
         for filename in sorted(filenames):
             if not is_skipped_name(filename):
                 yield Path(folder) / filename
+
+
+def _listed(files: Iterable[Path], bar) -> list[Path]:
+    listed = []
+    for path in files:
+        listed.append(path)
+        bar.update()
+    return listed
 
 
 PATH_MAX = ImportedFile._meta.get_field("path").max_length
