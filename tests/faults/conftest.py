@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
+
+import psycopg
 
 import pytest
 
-from tests.conftest import WorkerProcess, database_url_for, redis_available, wait_for
+from cletir_site import embedded_postgres
+from tests.conftest import PROJECT_DIR, WorkerProcess, database_url_for, redis_available, wait_for
 
 BROKER = "redis" if redis_available() else "filesystem"
 PAUSED_WORKER = "tests.faults.paused_worker"
@@ -82,3 +89,36 @@ def server_env(media_root, tmp_path):
            "DATABASE_URL": database_url_for(connection.settings_dict), "CLETIR_MEDIA_ROOT": str(media_root),
            "CELERY_TASK_ALWAYS_EAGER": "1", "TMPDIR": str(system_tmp), "DJANGO_LOG_LEVEL": "WARNING"}
     return env, system_tmp
+
+
+@pytest.fixture
+def throwaway_database(media_root, tiny_model_dir):
+    """A migrated embedded Postgres in its own data folder, with a library to index; stopped
+    and removed at the end whatever happens. Yields (server settings, environment for processes
+    on it)."""
+    # Outside pytest's temporary folder: the server runs as another user when this runs as root,
+    # and a concurrent pytest session closes that folder to other users again (mode 0700). Short,
+    # too: the server's Unix socket path must fit in 107 bytes.
+    pgdata = Path(tempfile.mkdtemp(prefix="cletir-pg-")) / "data"
+    try:
+        server = embedded_postgres.ensure_running(pgdata)
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "cletir_site.settings", "DJANGO_DEBUG": "1",
+               "DATABASE_URL": database_url_for(server), "CLETIR_MEDIA_ROOT": str(media_root)}
+        run_django(env, "manage.py", "migrate", "--noinput")
+        yield server, env
+    finally:
+        if not embedded_postgres.stop(pgdata) and embedded_postgres.is_running(pgdata):
+            os.kill(int((pgdata / "postmaster.pid").read_text().split()[0]), signal.SIGQUIT)  # immediate
+        shutil.rmtree(pgdata.parent, ignore_errors=True)
+
+
+def run_django(env: dict, *args: str) -> str:
+    done = subprocess.run([sys.executable, *args], cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def query(server: dict, sql: str) -> list[tuple]:
+    with psycopg.connect(host=server["HOST"], port=server["PORT"] or None, user=server["USER"],
+                         dbname=server["NAME"], autocommit=True) as conn:
+        return conn.execute(sql).fetchall()
