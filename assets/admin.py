@@ -1,9 +1,29 @@
 from django.contrib import admin
 from django.db.models import Count, Q
+from django.utils.html import format_html
+from django.utils.text import Truncator
 
 from .metadata import normalise_keyword
 from .models import Asset, Library, LibraryMembership, RejectedFile
 from .services import delete_assets, delete_library
+
+
+def shortened(text: str, length: int = 48) -> str:
+    """A long cell of a list page cut to `length` characters, whole in its tooltip: file names
+    with their folders, error messages and keyword lists would otherwise widen the table past
+    the screen."""
+    text = text or ""
+    if len(text) <= length:
+        return text
+    return format_html('<span title="{}">{}</span>', text, Truncator(text).chars(length))
+
+
+class LibraryColumn:
+    """The library of a list's row, its long name cut."""
+
+    @admin.display(description="library", ordering="library__name")
+    def library_name(self, obj):
+        return shortened(obj.library.name, 32)
 
 
 class DeleteThroughServices:
@@ -62,9 +82,8 @@ class EmbeddedMetadataFilter(admin.SimpleListFilter):
 
 
 @admin.register(Asset)
-class AssetAdmin(DeleteThroughServices, admin.ModelAdmin):
-    list_display = ["__str__", "library", "status", "error", "width", "height", "taken_at", "camera", "keyword_list",
-                    "created_at"]
+class AssetAdmin(LibraryColumn, DeleteThroughServices, admin.ModelAdmin):
+    list_display = ["name", "library_name", "state", "size", "taken_at", "camera", "keyword_list", "created_at"]
     list_filter = ["status", "library", EmbeddedMetadataFilter, "camera_make"]
     search_fields = ["original_name", "sha256", "title", "caption", "creator", "camera_model"]
     search_help_text = ("Name, hash, title, caption, creator or camera model contain the words; "
@@ -88,21 +107,42 @@ class AssetAdmin(DeleteThroughServices, admin.ModelAdmin):
             found |= queryset.filter(keywords__contains=[keyword])
         return found, may_have_duplicates
 
+    @admin.display(description="photo", ordering="original_name")
+    def name(self, obj):
+        return shortened(str(obj))
+
+    @admin.display(description="status", ordering="status")
+    def state(self, obj):
+        return shortened(f"{obj.get_status_display()}: {obj.error}" if obj.error else obj.get_status_display(), 40)
+
+    @admin.display(description="pixels", ordering="width")
+    def size(self, obj):
+        return f"{obj.width} × {obj.height}" if obj.width else "-"
+
     @admin.display(description="camera", ordering="camera_model")
     def camera(self, obj):
-        return " ".join(part for part in (obj.camera_make, obj.camera_model) if part)
+        return shortened(" ".join(part for part in (obj.camera_make, obj.camera_model) if part), 24)
 
     @admin.display(description="keywords")
     def keyword_list(self, obj):
-        return ", ".join(obj.keywords)
+        return shortened(", ".join(obj.keywords), 32)
 
     def delete_queryset(self, request, queryset):
         delete_assets(queryset)
 
 
 @admin.register(RejectedFile)
-class RejectedFileAdmin(admin.ModelAdmin):
-    list_display = ["original_name", "library", "reason", "message", "uploaded_by", "created_at"]
+class RejectedFileAdmin(LibraryColumn, admin.ModelAdmin):
+    list_display = ["name", "library_name", "reason", "short_message", "uploaded_by", "created_at"]
+    list_select_related = ["library", "uploaded_by"]
     list_filter = ["reason", "library"]
     search_fields = ["original_name"]
     readonly_fields = ["library", "uploaded_by", "original_name", "reason", "message", "created_at"]
+
+    @admin.display(description="file", ordering="original_name")
+    def name(self, obj):
+        return shortened(obj.original_name)
+
+    @admin.display(description="message")
+    def short_message(self, obj):
+        return shortened(obj.message, 60)

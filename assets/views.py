@@ -5,7 +5,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db.models import Count, Prefetch
+from django.db.models import Prefetch
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -14,6 +14,7 @@ from django.views.decorators.http import require_GET, require_POST
 from .forms import LibraryForm, MemberForm
 from .models import PHOTO_SORTS, Asset, LibraryMembership, Rendition
 from .permissions import Access, libraries_visible_to, library_for
+from .photo_counts import with_photo_counts
 from .serving import login_or_token_required, serve_file
 from .services import DeleteBusy, delete_library
 
@@ -31,15 +32,14 @@ def page_size_from(request) -> int:
     return size if size in PAGE_SIZES else 48
 
 
+def _library_list(request, form: LibraryForm, status: int = 200):
+    libraries = with_photo_counts(libraries_visible_to(request.user).select_related("owner")).order_by("name", "id")
+    return render(request, "assets/library_list.html", {"libraries": libraries, "form": form}, status=status)
+
+
 @login_required
 def library_list(request):
-    libraries = (
-        libraries_visible_to(request.user)
-        .select_related("owner")
-        .annotate(photo_count=Count("assets", distinct=True))
-        .order_by("name", "id")
-    )
-    return render(request, "assets/library_list.html", {"libraries": libraries, "form": LibraryForm(owner=request.user)})
+    return _library_list(request, LibraryForm(owner=request.user))
 
 
 @login_required
@@ -52,8 +52,7 @@ def library_create(request):
         library.save()
         messages.success(request, f"Library “{library.name}” created. Add photos below.")
         return redirect("library-detail", pk=library.pk)
-    libraries = libraries_visible_to(request.user).annotate(photo_count=Count("assets", distinct=True))
-    return render(request, "assets/library_list.html", {"libraries": libraries, "form": form}, status=400)
+    return _library_list(request, form, status=400)
 
 
 @login_required

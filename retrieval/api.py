@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 from assets.api import EXPORT_URL_PATH, DownloadNegotiation, PhotoPagination, export_schema
 from assets.export import export_response
 from assets.models import Asset, Library
+from assets.photo_counts import thumbnail_progress
 from assets.permissions import library_for
 
 from .indexing.progress import asset_state, index_progress
@@ -25,15 +26,22 @@ from .search.results import matching_results
 from .search.service import Refinement, SearchInputError, SearchRequest, create_search, refine_search
 from .serializers import SearchCreateSerializer, SearchRefineSerializer, SearchResultSerializer, SearchSerializer
 
-_COUNTS = {name: serializers.IntegerField() for name in ("total", "indexed", "pending", "failed", "percent")}
+_PERCENT = serializers.IntegerField(
+    allow_null=True, help_text="Whole percent of `total` whose work is over (done or failed), rounded down: 100 only "
+                               "when nothing is pending; null when the library has no photos")
+_COUNTS = {**{name: serializers.IntegerField() for name in ("total", "indexed", "pending", "failed")}, "percent": _PERCENT}
+_THUMBNAILS = inline_serializer("ThumbnailProgress", {
+    **{name: serializers.IntegerField() for name in ("total", "made", "pending", "failed")}, "percent": _PERCENT,
+}, help_text="The photos' thumbnails and previews: made, being made, or failed (a photo that could not be read)")
 
 
 def library_progress(library: Library) -> dict:
-    """Index counts of the active space; while a new space is being filled, the counts of the
-    space search still uses are given too."""
+    """Index counts of the active space, and the thumbnails' counts; while a new space is being
+    filled, the counts of the space search still uses are given too."""
     active, serving = active_space(), serving_space()
     libraries = Library.objects.filter(pk=library.pk)
-    body = {"space": active.name if active else None, **index_progress(active, libraries).as_dict()}
+    body = {"space": active.name if active else None, **index_progress(active, libraries).as_dict(),
+            "thumbnails": thumbnail_progress(library).as_dict()}
     body["searchable"] = serving is not None and (body["indexed"] > 0 or serving != active)
     body["reindexing"] = None
     if serving and active and serving != active:
@@ -43,7 +51,8 @@ def library_progress(library: Library) -> dict:
 
 class LibraryIndexProgressView(APIView):
     @extend_schema(responses=inline_serializer("LibraryIndexProgress", {
-        "space": serializers.CharField(allow_null=True), **_COUNTS, "searchable": serializers.BooleanField(),
+        "space": serializers.CharField(allow_null=True), **_COUNTS, "thumbnails": _THUMBNAILS,
+        "searchable": serializers.BooleanField(),
         "reindexing": inline_serializer("ReindexProgress", {"serving_space": serializers.CharField(), **_COUNTS}, allow_null=True),
     }))
     def get(self, request, pk):

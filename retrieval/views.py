@@ -1,6 +1,8 @@
 """Search pages: the query form, a search's state, its proxies and ranked results, refining."""
 from __future__ import annotations
 
+from collections import Counter
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -14,7 +16,7 @@ from assets.permissions import libraries_visible_to
 from assets.serving import login_or_token_required, serve_file
 from assets.views import PAGE_SIZES, page_size_from
 
-from .models import ProxyImage, Search
+from .models import ProxyImage, Search, SearchExample
 from .search.export import search_export_name, search_export_rows
 from .search.limits import RateLimited
 from .search.results import matching_results, visible_photos
@@ -65,6 +67,46 @@ def _own_search(request, pk) -> Search:
     return get_object_or_404(Search.objects.select_related("proxy_set", "parent"), pk=pk, user=request.user)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _what_it_searches_by(search: Search, positives: list, negatives: list, examples: list) -> str:
+    """What the search ranks by, in the archivist's words: the settings that mattered for this
+    kind of search, never K and a seed for a search that generated no proxy, nor λ=0 for one
+    that had no image half."""
+    uploaded = Counter(example.kind for example in examples)
+    liked = len(positives) + uploaded[SearchExample.Kind.POSITIVE]
+    disliked = len(negatives) + uploaded[SearchExample.Kind.NEGATIVE]
+    kept = search.k - len(set(search.disabled_proxies))
+    images = True
+    if not search.text:
+        parts = [f"by example: {_count(liked, 'photo')}"]
+    elif search.text_only:
+        parts, images = ["text only (no proxy images)"], False
+    else:
+        if kept == 0 and not liked:
+            parts, images = ["text only: every proxy switched off"], False
+        elif kept == 0:
+            parts = ["every proxy switched off"]
+        else:
+            proxies = f"{kept} of {search.k} proxy images" if kept < search.k else _count(search.k, "proxy image")
+            parts = [f"text and {proxies} (seed {search.seed})"]
+        if liked:
+            parts.append(f"more like {_count(liked, 'photo')}")
+    if disliked:
+        parts.append(f"less like {_count(disliked, 'photo')}")
+    if search.negative_text:
+        parts.append(f"not “{search.negative_text}”")
+    if search.text and images:
+        if search.lambda_used is not None:
+            how = {"trained": "trained aggregator", "mean": "images averaged"}.get(search.aggregation, search.aggregation)
+            parts.append(f"λ={search.lambda_used:.2f} ({how})")
+        elif search.lambda_override is not None:
+            parts.append(f"λ={search.lambda_override:.2f} (set by hand)")
+    return " · ".join(parts)
+
+
 @login_required
 @require_GET
 def search_detail(request, pk):
@@ -76,12 +118,18 @@ def search_detail(request, pk):
     proxies = list(search.proxy_set.images.all()) if search.proxy_set else []
     positives = list(visible_photos(search.positive_assets, request.user))
     negatives = list(visible_photos(search.negative_assets, request.user))
+    examples = list(search.examples.all())
     return render(request, "retrieval/search_detail.html", {
         "search": search, "page": page, "size": size, "page_sizes": PAGE_SIZES, "proxies": proxies,
         "matches_only": matches_only, "sort": sort if matches_only else "",
-        "disabled": set(search.disabled_proxies), "examples": search.examples.all(),
+        "disabled": set(search.disabled_proxies), "examples": examples,
         "positives": positives, "negatives": negatives,
-        "example_ids": {a.pk for a in positives + negatives},
+        "positive_ids": {a.pk for a in positives}, "negative_ids": {a.pk for a in negatives},
+        "searches_by": _what_it_searches_by(search, positives, negatives, examples),
+        # The "generating" state of a search that makes no proxy images (text only, by example,
+        # a refinement reusing its parent's) is its first step, not a generation.
+        "generating_label": ("Generating proxies" if search.text and not search.text_only
+                             and (search.parent_id is None or search.negative_text) else "Preparing the query"),
     })
 
 

@@ -8,7 +8,9 @@
   of that space whose scope includes their library (u · e), in bulk: those at or above the
   cutoff join.
 * Hand-made choices win over scores: a pinned photo stays whatever it scores, a removed photo
-  keeps its row (state removed) so no rescoring or re-indexing brings it back.
+  keeps its row (state removed) so no rescoring or re-indexing brings it back. Either choice
+  can be undone (state auto): the photo's score decides again.
+* A search with no matches is not saved: its cutoff only says "above the best photo".
 * Read-time permissions: an album shows only photos of libraries its viewer may see *now*
   (`retrieval.search.scope`), whatever was stored when the photo joined.
 """
@@ -23,7 +25,7 @@ from django.db.models import QuerySet
 
 from assets.models import Asset, Library
 
-from ..models import Album, AlbumPhoto, EmbeddingSpace, Search
+from ..models import Album, AlbumPhoto, AssetEmbedding, EmbeddingSpace, Search
 from ..search.matches import query_from_bytes, scope_scores
 from ..search.results import SORTS
 from ..search.scope import visible_library_ids
@@ -51,6 +53,11 @@ def create_album_from_search(user, search: Search, name: str) -> Album:
         raise AlbumError("No such search.")
     if search.status != Search.Status.DONE or search.query_vector is None or search.match_cutoff is None:
         raise AlbumError("Only a finished search with a match estimate can be saved as an album.")
+    if not search.match_count:
+        # With no match the cutoff is only "above the best photo": an album would start empty
+        # and take in whatever later photo scores a hair higher, which is no category.
+        raise AlbumError("This search has no clear matches, so there is nothing to keep as an album; "
+                         "refine it until it finds some.")
     name = (name or "").strip() or (search.text or "Search by example")
     with transaction.atomic():
         album = Album.objects.create(
@@ -83,7 +90,6 @@ def add_indexed_photos(space: EmbeddingSpace, assets: Sequence[Asset], vectors: 
     albums = list(Album.objects.filter(space=space).select_related("user").prefetch_related("libraries"))
     if not albums:
         return 0
-    e = np.asarray(vectors, dtype=np.float16).astype(np.float64)
     libraries = np.array([a.library_id for a in assets])
     asset_ids = np.array([a.pk for a in assets])
     added = 0
@@ -91,7 +97,7 @@ def add_indexed_photos(space: EmbeddingSpace, assets: Sequence[Asset], vectors: 
         in_scope = np.isin(libraries, album_library_ids(album))
         if not in_scope.any():
             continue
-        scores = e[in_scope] @ query_from_bytes(album.query_vector).astype(np.float64)
+        scores = _scores(album, np.asarray(vectors)[in_scope])
         ids = asset_ids[in_scope].tolist()
         existing = {asset_id: (pk, state) for pk, asset_id, state in
                     AlbumPhoto.objects.filter(album=album, asset_id__in=ids).values_list("pk", "asset_id", "state")}
@@ -108,14 +114,40 @@ def add_indexed_photos(space: EmbeddingSpace, assets: Sequence[Asset], vectors: 
     return added
 
 
-def set_photo_state(album: Album, asset_id: int, state: str) -> AlbumPhoto:
+def _scores(album: Album, vectors: np.ndarray) -> np.ndarray:
+    """u · e of photo vectors e, rounded to half precision first as the halfvec column stores
+    them, so a score here equals one read back from the database."""
+    e = np.asarray(vectors, dtype=np.float16).astype(np.float64)
+    return e @ query_from_bytes(album.query_vector).astype(np.float64)
+
+
+def set_photo_state(album: Album, asset_id: int, state: str) -> AlbumPhoto | None:
     """Pin or remove a photo by hand (any photo of the album's libraries the owner may see:
-    pinning one from just below the cutoff adds it)."""
-    if state not in (AlbumPhoto.State.PINNED, AlbumPhoto.State.REMOVED):
-        raise AlbumError("A photo can be pinned or removed.")
+    pinning one from just below the cutoff adds it), or hand it back to its score (`auto`:
+    unpinned, or put back after a removal). Returns the photo's row, or None when its score
+    leaves it out of the album."""
+    if state not in AlbumPhoto.State.values:
+        raise AlbumError("A photo can be pinned, removed, or given back to its score (auto).")
     if not Asset.objects.filter(pk=asset_id, library_id__in=album_library_ids(album)).exists():
         raise AlbumError("No such photo in this album's libraries.")
+    if state == AlbumPhoto.State.AUTO:
+        return _back_to_score(album, asset_id)
     photo, _ = AlbumPhoto.objects.update_or_create(album=album, asset_id=asset_id, defaults={"state": state})
+    return photo
+
+
+def _back_to_score(album: Album, asset_id: int) -> AlbumPhoto | None:
+    """The photo is in the album when it scores at least the cutoff now, as if no hand had
+    touched it; a photo not indexed in the album's space has no score yet and joins when it is
+    (`add_indexed_photos`)."""
+    vector = (AssetEmbedding.objects.filter(asset_id=asset_id, space_id=album.space_id)
+              .values_list("vector", flat=True).first() if album.space_id else None)
+    score = float(_scores(album, np.asarray(vector, dtype=np.float32)[None, :])[0]) if vector is not None else None
+    if score is None or score < album.cutoff:
+        AlbumPhoto.objects.filter(album=album, asset_id=asset_id).delete()
+        return None
+    photo, _ = AlbumPhoto.objects.update_or_create(album=album, asset_id=asset_id,
+                                                   defaults={"state": AlbumPhoto.State.AUTO, "score": score})
     return photo
 
 
@@ -131,7 +163,14 @@ class AuditRow:
     asset_id: int
     library_id: int
     score: float
-    state: str  # auto / pinned / removed, or "" for a photo that is not in the album
+    state: str  # auto / pinned / removed, or "" for a photo that has no row (yet)
+    above_cutoff: bool
+
+    @property
+    def in_album(self) -> bool:
+        """Shown in the album: a row pinned or added by its score, or no row yet but scoring at
+        least the cutoff (indexing adds it)."""
+        return self.state in (AlbumPhoto.State.AUTO, AlbumPhoto.State.PINNED) or (self.state == "" and self.above_cutoff)
 
 
 @dataclass(frozen=True)
@@ -156,7 +195,8 @@ def audit(album: Album, viewer, side: int = AUDIT_SIDE) -> Audit:
     picked = [int(ids[i]) for i in window]
     states = dict(AlbumPhoto.objects.filter(album=album, asset_id__in=picked).values_list("asset_id", "state"))
     libraries = dict(Asset.objects.filter(pk__in=picked).values_list("pk", "library_id"))
-    rows = [AuditRow(int(ids[i]), libraries[int(ids[i])], float(scores[i]), states.get(int(ids[i]), "")) for i in window]
+    rows = [AuditRow(int(ids[i]), libraries[int(ids[i])], float(scores[i]), states.get(int(ids[i]), ""), i < split)
+            for i in window]
     cut = split - max(0, split - side)
     return Audit(album.cutoff, rows[:cut], rows[cut:], proxies, list(album.disabled_proxies))
 

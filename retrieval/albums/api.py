@@ -1,4 +1,5 @@
-"""REST API of smart albums: list, create from a search, retrieve, photos, pin, remove, delete.
+"""REST API of smart albums: list, create from a search, retrieve, photos, pin, remove, hand a
+photo back to its score, delete.
 
 Albums are the current user's only (another user's answers 404); an album's photos are read
 through `retrieval.albums.albums.album_photos`, which drops libraries the user can no longer see.
@@ -128,6 +129,8 @@ class AlbumViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
             photo = set_photo_state(album, data.validated_data["asset"], state)
         except AlbumError as exc:
             raise ValidationError({"asset": [str(exc)]}) from None
+        if photo is None:  # its score leaves it out of the album
+            return Response(status=status.HTTP_204_NO_CONTENT)
         photo = AlbumPhoto.objects.select_related("asset").get(pk=photo.pk)
         return Response(AlbumPhotoSerializer(photo, context={"request": request}).data)
 
@@ -140,3 +143,11 @@ class AlbumViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
     @action(detail=True, methods=["post"])
     def remove(self, request, pk=None):
         return self._set_state(request, AlbumPhoto.State.REMOVED)
+
+    @extend_schema(request=AlbumPhotoStateSerializer, responses={200: AlbumPhotoSerializer, 204: None}, description=(
+        "Undo a pin or a removal: the photo's score decides again. 200 with the photo (state `auto`) when it "
+        "scores at least the cutoff; 204 when it does not, or is not indexed yet, and so is not in the album "
+        "(it joins when indexing scores it above the cutoff)."))
+    @action(detail=True, methods=["post"])
+    def automatic(self, request, pk=None):
+        return self._set_state(request, AlbumPhoto.State.AUTO)

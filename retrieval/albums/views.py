@@ -29,7 +29,12 @@ def _sort(request) -> str:
 @login_required
 @require_GET
 def album_list(request):
-    return render(request, "retrieval/album_list.html", {"albums": albums_of(request.user)})
+    # Each album's count by the album page's own rule (photos of libraries the viewer sees now);
+    # a user has a handful of albums, so a count each is cheap.
+    albums = albums_of(request.user).select_related("source_search").order_by("name", "pk")
+    return render(request, "retrieval/album_list.html", {
+        "albums": [(album, album_photos(album, request.user).count()) for album in albums],
+    })
 
 
 @login_required
@@ -72,9 +77,12 @@ def album_photo_state(request, pk, asset_id):
     album = _own_album(request, pk)
     state = request.POST.get("state", "")
     try:
-        set_photo_state(album, asset_id, state)
+        photo = set_photo_state(album, asset_id, state)
     except AlbumError as exc:
         messages.error(request, str(exc))
+    else:
+        if photo is None:
+            messages.info(request, "It scores below the cutoff, so it is not in the album now.")
     back = request.POST.get("next", "")
     return redirect(back if back.startswith("/") and not back.startswith("//") else f"/albums/{album.pk}/")
 
@@ -91,5 +99,7 @@ def album_audit(request, pk):
 @login_required
 @require_POST
 def album_delete(request, pk):
-    _own_album(request, pk).delete()
+    album = _own_album(request, pk)
+    album.delete()
+    messages.success(request, f"Album “{album.name}” deleted; its photos stay in their libraries.")
     return redirect("album-list")

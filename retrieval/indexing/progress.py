@@ -13,6 +13,7 @@ from django.db.models import Case, Count, Exists, IntegerField, OuterRef, Q, Que
 from django.db.models.functions import Coalesce
 
 from assets.models import Asset, Library
+from assets.photo_counts import percent_done
 
 from ..models import AssetEmbedding, EmbeddingSpace, IndexingFailure
 
@@ -71,9 +72,10 @@ class IndexProgress:
         return self.total - self.indexed - self.failed
 
     @property
-    def percent(self) -> int:
-        done = self.indexed + self.failed
-        return 100 if self.total == 0 else int(100 * done / self.total)
+    def percent(self) -> int | None:
+        """The share of the photos whose indexing is over (indexed or failed); None when there
+        are no photos (`assets.photo_counts.percent_done`)."""
+        return percent_done(self.indexed + self.failed, self.total)
 
     def as_dict(self) -> dict:
         return {"total": self.total, "indexed": self.indexed, "pending": self.pending,

@@ -48,7 +48,7 @@ def test_space_admin_progress_and_activate(admin_client_with_space, django_captu
     other = EmbeddingSpace.objects.create(name="other", profile="tiny", vlm_model="v", vision_model="d",
                                           generator_model="g", vlm_dim=2, vision_dim=2, fingerprint="o")
     page = client.get("/admin/retrieval/embeddingspace/").content.decode()
-    assert "1 / 3 (66%), 1 failed" in page
+    assert "1 / 3 indexed, 1 failed (66% done)" in page
     with django_capture_on_commit_callbacks(execute=True):
         client.post("/admin/retrieval/embeddingspace/", {"action": "activate", "_selected_action": [other.pk]})
     other.refresh_from_db()
