@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from assets.models import Asset
+from retrieval.engine.photo_decoding import decode_reduced
 
-from ..indexing.photos import load_photo_for_embedding
 from ..indexing.spaces import encoders_for
 from ..models import AssetEmbedding, EmbeddingSpace
 
@@ -98,5 +98,5 @@ def encode_files(space: EmbeddingSpace, paths: list[str]) -> list[np.ndarray]:
     """V(x) of photo files (uploaded examples, photos not indexed yet)."""
     if not paths:
         return []
-    images = [load_photo_for_embedding(path) for path in paths]
+    images = [decode_reduced(path) for path in paths]
     return list(encoders_for(space).encode_vision_images(images))
