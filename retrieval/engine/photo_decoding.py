@@ -109,12 +109,12 @@ def decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor 
     inputs = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in datas]
     try:
         return list(decode_jpeg(inputs, mode=ImageReadMode.RGB, device=device))
-    except RuntimeError:
+    except Exception:  # nvJPEG raises RuntimeError; whatever it is, each photo is tried alone
         pass
     results: list[torch.Tensor | Exception] = []
     for single in inputs:
         try:
             results.append(decode_jpeg([single], mode=ImageReadMode.RGB, device=device)[0])
-        except RuntimeError as exc:
+        except Exception as exc:
             results.append(exc)
     return results

@@ -78,6 +78,8 @@ class PlantedEncoders:
     """Stands in for the encoders in `embed_batch`: decodes the photos (a real preparer, without
     crop specs) and returns the next planted vectors as their features."""
 
+    device = torch.device("cpu")
+
     def __init__(self, space):
         self.space = space
         self.queue: list[np.ndarray] = []

@@ -248,7 +248,7 @@ def test_a_pipelined_run_indexes_every_photo_once_and_stops_at_its_deadline(spac
 
     assert (run.indexed, run.failed, run.finished) == (7, 0, True)
     assert sorted(stored_vectors(space)) == [p.pk for p in photos]
-    assert run.seconds.keys() >= {"claim", "prepare_wait", "forward", "store", "read", "decode", "preprocess"}
+    assert run.clock.seconds.keys() >= {"take", "prepare_wait", "forward", "store", "read", "decode", "preprocess"}
     assert not IndexingClaim.objects.exists()
 
 
