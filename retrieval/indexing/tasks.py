@@ -79,7 +79,7 @@ def index_space(self, space_id: int) -> dict:
         logger.info("indexed %d photos into %s (%d failed); continuing in a new task", run.indexed, space, run.failed)
         return {"space": space_id, "indexed": run.indexed, "failed": run.failed, "continued": True}
     # Built once the backfill is done rather than kept up row by row during it: an HNSW insert
-    # costs ~200 times a vector's write (vector_index), and search waits for it (below).
+    # costs about a hundred times a vector's write (vector_index); search switches after it.
     ensure_space_index(space)
     switch_serving_if_complete(space)
     logger.info("indexed %d photos into %s (%d failed)", run.indexed, space, run.failed)

@@ -6,9 +6,10 @@ A query must use the same expression and predicate for the planner to pick the i
 
 A space's index is built once its first backfill is done (the indexing task, before search
 switches to the space), not when the space is made: inserting a vector into an HNSW graph
-costs ~200 times writing it (bench/ingest.py: ~130 vectors/s into the graph against ~27,000/s
-without, on a 2-core CPU), so a backfill that kept the graph up row by row would be held to that
-rate whatever the GPU does, while one build over the finished rows takes a parallel bulk pass.
+costs about a hundred times writing it (`bench/ingest.py --claim-store`: ~12,000 vectors/s
+claimed and stored without the graph, 100-250/s into a graph of 20,000 on a 2-core CPU), so a
+backfill that kept the graph up row by row would be held to that rate whatever the GPU does,
+while one build over the finished rows is a bulk pass (20,000 vectors in 12-17 s there).
 From then on new photos' vectors go into the graph as they come. Until it exists, searches of
 the space rank exactly (a scan: correct, slower on large scopes).
 """

@@ -287,3 +287,15 @@ def default_random_encoders(tmp_path_factory):
 def test_default_random_photo_vectors_of_both_paths_match_the_library_vectors(default_random_encoders, jpeg_samples):
     assert default_random_encoders.photo_specs == Libraries().specs  # the geometry tested above
     assert_vectors_match_the_library_paths(default_random_encoders, jpeg_samples)
+
+
+def test_device_decoding_holds_a_bounded_number_of_pixels_at_once():
+    from retrieval.engine.photo_batches import _chunks_by_pixels
+    from retrieval.engine.photo_decoding import PhotoHeader
+
+    def photo(megapixels: int):
+        return (0, b"", PhotoHeader("JPEG", "RGB", megapixels * 1000, 1000, 1))
+
+    items = [photo(12), photo(12), photo(12), photo(30), photo(5)]
+    chunks = [[header.pixels // 1_000_000 for _, _, header in chunk] for chunk in _chunks_by_pixels(items, 25_000_000)]
+    assert chunks == [[12, 12], [12], [30], [5]]  # a photo larger than the budget goes alone

@@ -246,3 +246,14 @@ def test_space_identity_is_the_weights_not_the_name(tiny_space):
     assert space_for_profile("tiny") == tiny_space  # same weights: same space
     versions = tiny_space.versions
     assert versions["profile"] == "tiny" and int(versions["vlm_dim"]) == tiny_space.vlm_dim
+
+
+def test_a_batch_is_sized_for_the_device_unless_configured(settings):
+    import torch
+
+    from retrieval.indexing.tasks import index_batch_size
+
+    settings.CLETIR_INDEX_BATCH_SIZE = 0
+    assert (index_batch_size(torch.device("cuda")), index_batch_size(torch.device("cpu"))) == (256, 32)
+    settings.CLETIR_INDEX_BATCH_SIZE = 64
+    assert index_batch_size(torch.device("cuda")) == 64
