@@ -68,7 +68,7 @@ def claimed_but_not_stored(space) -> set[int]:
     return set(IndexingClaim.objects.filter(space=space).values_list("asset_id", flat=True))
 
 
-def test_a_killed_pool_process_rolls_its_batch_back_and_the_task_runs_again(start_worker, paused_env, marks, photos):
+def test_a_killed_pool_process_leaves_its_claims_and_its_next_delivery_takes_them_back(start_worker, paused_env, marks, photos):
     worker, space = start_indexing(start_worker, paused_env)
 
     victim = marks.wait("embed", 2)  # in the encoders with the second batch; two more prefetched behind it
