@@ -230,8 +230,21 @@ CLETIR_MODEL_DIR = Path(env.str("CLETIR_MODEL_DIR", default=str(VAR_DIR / "model
 os.environ["CLETIR_MODEL_DIR"] = str(CLETIR_MODEL_DIR)
 # The profile whose space `manage.py activate_profile` activates by default.
 CLETIR_PROFILE = env.str("CLETIR_PROFILE", default="default")
-# Photos embedded per forward pass by the indexing task.
-CLETIR_INDEX_BATCH_SIZE = env.int("CLETIR_INDEX_BATCH_SIZE", default=32)
+# Photos claimed, decoded and embedded together by the indexing task (one forward pass per
+# encoder); 0: 256 on a GPU, 32 on a CPU (retrieval.indexing.tasks).
+CLETIR_INDEX_BATCH_SIZE = env.int("CLETIR_INDEX_BATCH_SIZE", default=0)
+# Batches claimed and being read/decoded ahead of the one in the encoders (memory: that many
+# batches of pixels more; retrieval.indexing.photos).
+CLETIR_INDEX_PREFETCH = env.int("CLETIR_INDEX_PREFETCH", default=2)
+# Threads that read and decode photos for indexing (Pillow releases the GIL while decoding).
+CLETIR_INDEX_DECODE_THREADS = env.int("CLETIR_INDEX_DECODE_THREADS", default=os.cpu_count() or 1)
+# How long a claim on a photo being indexed holds when its worker vanishes without a trace (a
+# killed pool process's task takes its claims back at once). Keep it below
+# CLETIR_PHOTO_WORK_STALE_SECONDS, and above the time a batch takes (retrieval.indexing.claims).
+CLETIR_INDEX_CLAIM_SECONDS = env.int("CLETIR_INDEX_CLAIM_SECONDS", default=300)
+# A photo whose indexing killed the worker this many times is marked failed instead of being
+# delivered again (the last ones alone, so it is the culprit).
+CLETIR_INDEX_MAX_ATTEMPTS = env.int("CLETIR_INDEX_MAX_ATTEMPTS", default=3)
 # An indexing task works this long, then queues the rest as a new task, so that a search
 # waiting on a worker that also indexes (one GPU, both queues) runs between slices.
 CLETIR_INDEX_TASK_SECONDS = env.int("CLETIR_INDEX_TASK_SECONDS", default=60)

@@ -210,7 +210,7 @@ class ProxySetAdmin(admin.ModelAdmin):
     def images_preview(self, proxy_set):
         return format_html_join(
             "", '<img src="{}" alt="proxy {}" style="width:160px;height:160px;object-fit:cover;margin:4px">',
-            ((reverse("admin-proxy-image", args=[image.pk]), image.index) for image in proxy_set.images.all()),
+            ((reverse("admin-proxy-image", args=[image.pk]), image.index) for image in proxy_set.images.exclude(file="")),
         )
 
 

@@ -101,6 +101,32 @@ class IndexingFailure(models.Model):
         return f"asset {self.asset_id} failed in space {self.space_id}"
 
 
+class IndexingClaim(models.Model):
+    """A photo being indexed into a space, held by one delivery of an indexing task (its lease),
+    or left behind by one that died (retrieval.indexing.claims).
+
+    A row lives from the claim to the store: storing the photo's vector or failure deletes it.
+    A row that outlives its holder is claimed again (after CLETIR_INDEX_CLAIM_SECONDS, or at once
+    by a later delivery of the same task) with `attempts` counting the deliveries; a photo whose
+    holders keep dying is marked failed instead of being delivered forever.
+    """
+
+    asset = models.ForeignKey(Asset, on_delete=models.CASCADE, related_name="+")
+    space = models.ForeignKey(EmbeddingSpace, on_delete=models.CASCADE, related_name="+")
+    lease = models.UUIDField(help_text="The task delivery that holds the claim")
+    task_id = models.CharField(max_length=255, blank=True, help_text="The Celery task of that delivery")
+    # Null: given up by a later delivery of the same task (its holder is known to be dead).
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=1, help_text="Deliveries that claimed the photo")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["asset", "space"], name="one_claim_per_asset_and_space")]
+        indexes = [models.Index(fields=["space", "lease"]), models.Index(fields=["task_id"])]
+
+    def __str__(self) -> str:
+        return f"asset {self.asset_id} claimed in space {self.space_id}"
+
+
 class WorkerHeartbeat(models.Model):
     """A Celery worker process that reported itself recently (read by /healthz)."""
 

@@ -95,7 +95,8 @@ class SearchSerializer(serializers.ModelSerializer):
         disabled = set(search.disabled_proxies)
         return [
             {"index": image.index, "seed": image.seed, "enabled": image.index not in disabled,
-             "image_url": self._absolute("search-proxy-image", search.pk, image.index)}
+             # null until the image is written, just after the ranking (search/proxies.py)
+             "image_url": self._absolute("search-proxy-image", search.pk, image.index) if image.file else None}
             for image in search.proxy_set.images.all()
         ]
 

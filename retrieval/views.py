@@ -182,7 +182,7 @@ def proxy_image(request, pk, index):
     reach a user only through a search of theirs)."""
     search = _own_search(request, pk)
     image = search.proxy_set.images.filter(index=index).first() if search.proxy_set else None
-    if image is None:
+    if image is None or not image.file:  # no file yet: written after the ranking (search/proxies.py)
         raise Http404("No such proxy image.")
     return serve_file(image.file, "image/webp", cache_seconds=86400)
 
@@ -200,5 +200,5 @@ def admin_proxy_image(request, image_id):
     """Proxy images for the admin's proxy-set page (staff only)."""
     if not (request.user.is_authenticated and request.user.is_staff):
         raise PermissionDenied
-    image = get_object_or_404(ProxyImage, pk=image_id)
+    image = get_object_or_404(ProxyImage.objects.exclude(file=""), pk=image_id)
     return serve_file(image.file, "image/webp")

@@ -19,10 +19,19 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModel
 
-from retrieval.engine.photo_preprocessing import image_processor_spec, open_clip_spec, to_pixels
 from retrieval.engine.fingerprints import weights_fingerprint
 from retrieval.engine.model_cache import load_once
 from retrieval.engine.model_folders import local_folder, missing_weights
+from retrieval.engine.photo_batches import PhotoBatchPreparer, PreparedPhotos
+from retrieval.engine.photo_decoding import ToRGB, plain_rgb
+from retrieval.engine.photo_preprocessing import (
+    CropSpec,
+    image_processor_spec,
+    open_clip_spec,
+    tensors_to_images,
+    tensors_to_pixels,
+    to_pixels,
+)
 from retrieval.engine.profiles import Profile, resolve_vlm_id
 from retrieval.engine.runtime import (
     apply_torch_threads,
@@ -42,6 +51,11 @@ _LOAD_ERRORS = (OSError, RuntimeError, ValueError)
 def _normalize(x: torch.Tensor) -> np.ndarray:
     x = x.float()
     return torch.nn.functional.normalize(x, dim=-1).cpu().numpy().astype(np.float32, copy=False)
+
+
+def features_to_numpy(features: tuple[torch.Tensor, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    """(I(x), V(x)) from `Encoders.encode_photo_pixels` as float32 numpy arrays (waits for a GPU)."""
+    return tuple(f.float().cpu().numpy().astype(np.float32, copy=False) for f in features)
 
 
 def _bare_checkpoint(folder: Path) -> Path | None:
@@ -131,7 +145,8 @@ class Encoders:
         with torch.inference_mode():  # the joint embedding width, whatever the text tower
             probe = self._vlm.encode_text(self._tokenizer(["x"]).to(self.device))
         self.vlm_dim: int = int(probe.shape[-1])
-        specs = (open_clip_spec(self._vlm), image_processor_spec(self._vision_processor))
+        self._vision_spec = image_processor_spec(self._vision_processor)
+        specs = (open_clip_spec(self._vlm), self._vision_spec)
         self._photo_specs = specs if None not in specs else None
         self.vision_dim: int = int(self._vision.config.hidden_size)
         self.fused_dim: int = self.vlm_dim + self.vision_dim
@@ -222,6 +237,41 @@ class Encoders:
                 out.append(_normalize(result.pooler_output))
         return np.concatenate(out)
 
+    @property
+    def photo_specs(self) -> tuple[CropSpec, CropSpec] | None:
+        """The (VLM, vision) crop specs of the libraries' own preprocessing, or None when
+        photo_preprocessing does not reproduce one of them (then only the library path runs)."""
+        return self._photo_specs
+
+    def photo_preparer(self, threads: int, decoder: str | None = None, to_rgb: ToRGB = plain_rgb) -> PhotoBatchPreparer:
+        """A preparer of photo batches for these encoders: pixels on their device, in their dtype
+        (on a GPU: JPEGs decoded and resized there); `to_rgb` turns what Pillow decodes into 8-bit
+        RGB. The caller closes it."""
+        return PhotoBatchPreparer(self._photo_specs, self.device, self.dtype, threads, decoder, to_rgb)
+
+    def encode_photo_pixels(self, vlm_pixels: torch.Tensor, vision_pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(I(x), V(x)) of preprocessed photos (`photo_specs`), unit-norm float32 tensors on the
+        device, in one forward pass per encoder. On a GPU the passes are only queued: the caller
+        can do other work (store the previous batch) before it reads them (`features_to_numpy`)."""
+        with torch.inference_mode():
+            if vlm_pixels.is_cuda:
+                # Made on the preparer's stream: keep the memory from being reused under this one.
+                vlm_pixels.record_stream(torch.cuda.current_stream(vlm_pixels.device))
+                vision_pixels.record_stream(torch.cuda.current_stream(vision_pixels.device))
+            vlm = self._vlm.encode_image(vlm_pixels.to(self.device, self.dtype))
+            vision = self._vision(pixel_values=vision_pixels.to(self.device, self.dtype)).pooler_output
+            return (torch.nn.functional.normalize(vlm.float(), dim=-1),
+                    torch.nn.functional.normalize(vision.float(), dim=-1))
+
+    def encode_prepared(self, prepared: PreparedPhotos) -> tuple[torch.Tensor, torch.Tensor]:
+        """(I(x), V(x)) of a prepared batch's decoded photos, as `encode_photo_pixels` gives them."""
+        if prepared.images is not None:  # encoders without specs: their libraries preprocess
+            return (torch.from_numpy(self.encode_vlm_images(prepared.images)),
+                    torch.from_numpy(self.encode_vision_images(prepared.images)))
+        if prepared.vlm_pixels is None:
+            return torch.zeros((0, self.vlm_dim)), torch.zeros((0, self.vision_dim))
+        return self.encode_photo_pixels(prepared.vlm_pixels, prepared.vision_pixels)
+
     def encode_photos(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
         """(I(x), V(x)) for library photos, with both encoders' preprocessing done in one
         batched pass (`photo_preprocessing`); the same vectors as `encode_vlm_images` and
@@ -231,13 +281,27 @@ class Encoders:
         vlm_spec, vision_spec = self._photo_specs
         vlm_out = [np.zeros((0, self.vlm_dim), dtype=np.float32)]
         vision_out = [np.zeros((0, self.vision_dim), dtype=np.float32)]
-        with torch.inference_mode():
-            for batch in self._batches(images):
-                vlm_pixels = to_pixels(batch, vlm_spec).to(self.device, self.dtype)
-                vlm_out.append(_normalize(self._vlm.encode_image(vlm_pixels)))
-                vision_pixels = to_pixels(batch, vision_spec).to(self.device, self.dtype)
-                vision_out.append(_normalize(self._vision(pixel_values=vision_pixels).pooler_output))
+        for batch in self._batches(images):
+            vlm, vision = features_to_numpy(self.encode_photo_pixels(to_pixels(batch, vlm_spec), to_pixels(batch, vision_spec)))
+            vlm_out.append(vlm)
+            vision_out.append(vision)
         return np.concatenate(vlm_out), np.concatenate(vision_out)
+
+    def encode_vision_tensors(self, images: torch.Tensor) -> np.ndarray:
+        """V(x) of images given as a (B, 3, H, W) float tensor in [0, 1] on any device (a
+        generator's output): preprocessed by torch where they are (photo_preprocessing, the
+        image processor's geometry and filter), no round trip through Pillow. (B, vision_dim)
+        float32, unit norm."""
+        spec = self._vision_spec
+        if spec is None:  # a transform photo_preprocessing does not reproduce: the library's own
+            return self.encode_vision_images(tensors_to_images(images))
+        out = [np.zeros((0, self.vision_dim), dtype=np.float32)]
+        with torch.inference_mode():
+            step = max(1, self.profile.batch_size)
+            for i in range(0, len(images), step):
+                pixels = tensors_to_pixels(images[i : i + step].to(self.device), spec)
+                out.append(_normalize(self._vision(pixel_values=pixels.to(self.dtype)).pooler_output))
+        return np.concatenate(out)
 
     def warmup(self) -> None:
         """Run each encoder once so the first real request does not pay one-time kernel setup

@@ -19,6 +19,7 @@ from PIL import Image
 from retrieval.engine.fingerprints import weights_fingerprint
 from retrieval.engine.model_cache import load_once
 from retrieval.engine.model_folders import local_folder, missing_weights
+from retrieval.engine.photo_preprocessing import tensors_to_images
 from retrieval.engine.profiles import Profile
 from retrieval.engine.runtime import (
     apply_torch_threads,
@@ -81,11 +82,17 @@ class ProxyGenerator:
 
     def generate(self, query: str, seeds: list[int]) -> list[Image.Image]:
         """One proxy image per seed (RGB, proxy_size x proxy_size), in one pipeline call."""
+        return tensors_to_images(self.generate_tensors(query, seeds))
+
+    def generate_tensors(self, query: str, seeds: list[int]) -> torch.Tensor:
+        """The proxy images as a (K, 3, proxy_size, proxy_size) float tensor in [0, 1], left on
+        the device the decoder ran on: the vision encoder takes them from there
+        (`Encoders.encode_vision_tensors`), with no round trip through Pillow."""
+        size = self.profile.proxy_size
         if not seeds:
-            return []
+            return torch.zeros((0, 3, size, size))
         # CPU generators: the starting noise is then identical on every device.
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-        size = self.profile.proxy_size
         with self._lock, torch.inference_mode():
             result = self.pipe(
                 prompt=self.prompt(query),
@@ -95,9 +102,9 @@ class ProxyGenerator:
                 guidance_scale=0.0,
                 height=size,
                 width=size,
-                output_type="pil",
+                output_type="pt",
             )
-        return list(result.images)
+        return result.images
 
     def warmup(self) -> None:
         """Generate once at the profile's size and K so the first real query does not pay the

@@ -12,7 +12,6 @@ from django.utils import timezone
 
 from ..models import EmbeddingSpace
 from .progress import pending_assets
-from .vector_index import ensure_space_index
 
 
 def space_for_profile(profile_name: str) -> EmbeddingSpace:
@@ -20,7 +19,8 @@ def space_for_profile(profile_name: str) -> EmbeddingSpace:
 
     Loads the profile's encoders (once per process) to read their dims and weight fingerprints:
     the fingerprint, not the profile name, identifies the space, so replacing the weights in
-    the model folder makes a new space instead of mixing old and new vectors.
+    the model folder makes a new space instead of mixing old and new vectors. Its vector index
+    is built when its first backfill is done (retrieval.indexing.vector_index).
     """
     # Imported where used (here and below): the encoders load torch and the models' libraries,
     # which the web process, reading spaces for every page, never needs.
@@ -43,7 +43,6 @@ def space_for_profile(profile_name: str) -> EmbeddingSpace:
             "versions": versions,
         },
     )
-    ensure_space_index(space)
     return space
 
 

@@ -17,8 +17,10 @@ from django.db.models import Q
 from django.utils import timezone
 
 from ..models import EmbeddingSpace
-from .photos import embed_batch
+from . import claims
+from .photos import index_pending_photos
 from .spaces import encoders_for, switch_serving_if_complete
+from .vector_index import ensure_space_index
 
 logger = logging.getLogger(__name__)
 
@@ -32,15 +34,26 @@ TRANSIENT_ERRORS = (OperationalError, InterfaceError)
 QUEUED_TASK_EXPIRY = timedelta(minutes=10)
 
 
+# Photos per batch (claimed, decoded and embedded together) when CLETIR_INDEX_BATCH_SIZE is not
+# set: a GPU's forward passes only reach their throughput in large batches; on a CPU a larger
+# batch gains nothing and holds more photos per claim.
+DEFAULT_BATCH_SIZE = {"cuda": 256, "cpu": 32}
+
+
+def index_batch_size(device) -> int:
+    """CLETIR_INDEX_BATCH_SIZE, or the default for the encoders' device."""
+    return settings.CLETIR_INDEX_BATCH_SIZE or DEFAULT_BATCH_SIZE.get(device.type, DEFAULT_BATCH_SIZE["cpu"])
+
+
 @shared_task(
-    name="retrieval.tasks.embed.index_space", acks_late=True, autoretry_for=TRANSIENT_ERRORS,
+    name="retrieval.tasks.embed.index_space", bind=True, acks_late=True, autoretry_for=TRANSIENT_ERRORS,
     retry_backoff=2, retry_backoff_max=60, retry_jitter=False, max_retries=20,
 )
-def index_space(space_id: int) -> dict:
-    """Embed pending photos into the space, batch by batch, for at most
+def index_space(self, space_id: int) -> dict:
+    """Embed pending photos into the space (retrieval.indexing.photos), for at most
     CLETIR_INDEX_TASK_SECONDS; then queue the rest as a new task, or, when nothing is left,
-    switch search to the space if it is complete. Idempotent: a second run (a retry, a
-    duplicate) finds nothing pending.
+    build the space's vector index if it has none yet and switch search to the space if it is
+    complete. Idempotent: a second run (a retry, a duplicate) finds nothing pending.
 
     Time-sliced because one GPU worker often serves both `search` and `embed`: a 100,000-photo
     backfill as one task would hold the process for hours and every search would wait behind
@@ -52,20 +65,25 @@ def index_space(space_id: int) -> dict:
     # From here on, a new upload must queue another run: this one may already be past it.
     EmbeddingSpace.objects.filter(pk=space_id).update(indexing_queued_at=None)
     encoders = encoders_for(space)
-    deadline = time.monotonic() + settings.CLETIR_INDEX_TASK_SECONDS
-    indexed = failed = 0
-    while True:
-        done, bad = embed_batch(space, encoders, settings.CLETIR_INDEX_BATCH_SIZE)
-        if done == bad == 0:
-            break
-        indexed, failed = indexed + done, failed + bad
-        if time.monotonic() >= deadline:
-            schedule_indexing(space)  # the rest, behind whatever else is queued now
-            logger.info("indexed %d photos into %s (%d failed); continuing in a new task", indexed, space, failed)
-            return {"space": space_id, "indexed": indexed, "failed": failed, "continued": True}
+    lease = claims.Lease.new(self.request.id)
+    taken_back = claims.take_back(space, lease)
+    if taken_back:
+        logger.warning("an earlier delivery of this task died with %d photos of %s claimed; indexing them one by one",
+                       taken_back, space)
+    run = index_pending_photos(
+        space, encoders, lease, batch_size=index_batch_size(encoders.device), prefetch=settings.CLETIR_INDEX_PREFETCH,
+        threads=settings.CLETIR_INDEX_DECODE_THREADS, deadline=time.monotonic() + settings.CLETIR_INDEX_TASK_SECONDS,
+    )
+    if not run.finished:
+        schedule_indexing(space)  # the rest, behind whatever else is queued now
+        logger.info("indexed %d photos into %s (%d failed); continuing in a new task", run.indexed, space, run.failed)
+        return {"space": space_id, "indexed": run.indexed, "failed": run.failed, "continued": True}
+    # Built once the backfill is done rather than kept up row by row during it: an HNSW insert
+    # costs about a hundred times a vector's write (vector_index); search switches after it.
+    ensure_space_index(space)
     switch_serving_if_complete(space)
-    logger.info("indexed %d photos into %s (%d failed)", indexed, space, failed)
-    return {"space": space_id, "indexed": indexed, "failed": failed}
+    logger.info("indexed %d photos into %s (%d failed)", run.indexed, space, run.failed)
+    return {"space": space_id, "indexed": run.indexed, "failed": run.failed}
 
 
 def schedule_indexing(space: EmbeddingSpace | None) -> bool:

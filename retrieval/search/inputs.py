@@ -12,7 +12,7 @@ import numpy as np
 
 from assets.models import Asset
 
-from ..indexing.photos import load_photo_for_embedding
+from ..indexing.photos import decode_for_embedding
 from ..indexing.spaces import encoders_for
 from ..models import AssetEmbedding, EmbeddingSpace
 
@@ -103,5 +103,5 @@ def encode_files(space: EmbeddingSpace, paths: list[str]) -> list[np.ndarray]:
     """V(x) of photo files (uploaded examples, photos not indexed yet)."""
     if not paths:
         return []
-    images = [load_photo_for_embedding(path) for path in paths]
+    images = [decode_for_embedding(path) for path in paths]
     return list(encoders_for(space).encode_vision_images(images))

@@ -27,7 +27,7 @@ from .cache_privacy import cost_of_making, used_before, wait_as_if_made
 from .inputs import asset_vision_vectors, encode_files, space_aggregator, text_vectors
 from .matches import query_bytes, record_matches
 from .plan import QueryInputs, QueryPlan, plan_query
-from .proxies import get_or_generate_proxy_set, proxy_features
+from .proxies import get_or_generate_proxy_set, proxy_features, write_proxy_images
 from .query import normalise_query
 from .ranking import rank
 from .results import store_results
@@ -133,8 +133,11 @@ def _execute(run: _Run) -> None:
     # 4. Rank the scope.
     with run.stage("ranking"):
         rows = rank(space, plan.u, library_ids, search.top_n)
-    # 5. Store the results and finish; nothing more when a twin delivery finished first.
-    if not _store(run, plan, rows):
+    # 5. Store the results and finish; nothing more when a twin delivery finished first. The
+    # proxy images are written once the results can be read (proxies.py).
+    stored = _store(run, plan, rows)
+    write_proxy_images(search.proxy_set, search.negative_proxy_set)
+    if not stored:
         return
     # 6. Count the matches over the whole scope, once the results are readable.
     _count_matches(run, space, plan, library_ids, rows)

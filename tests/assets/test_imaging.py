@@ -14,7 +14,7 @@ from assets.imaging import to_rgb8
 from assets.ingest import ingest_file
 from assets.models import Asset, Rendition
 from assets.renditions import make_renditions
-from retrieval.indexing.photos import load_photo_for_embedding
+from retrieval.indexing.photos import decode_for_embedding
 
 LEVEL_16 = 30000  # of 65535: 116.7 in 8 bits
 GREY_8 = 117
@@ -142,7 +142,7 @@ def test_a_16bit_grey_photo_is_grey_in_its_renditions_and_for_indexing(library, 
     for rendition in Rendition.objects.filter(asset_id=outcome.asset_id):
         with Image.open(media_root / rendition.file.name) as image:
             assert mean(image.convert("RGB")) == pytest.approx([GREY_8] * 3, abs=1), rendition.name
-    embedded = load_photo_for_embedding(Asset.objects.get(pk=outcome.asset_id).file.path)
+    embedded = decode_for_embedding(Asset.objects.get(pk=outcome.asset_id).file.path)
     assert embedded.mode == "RGB" and mean(embedded) == pytest.approx([GREY_8] * 3, abs=1)
 
 
@@ -150,6 +150,6 @@ def test_a_large_16bit_photo_is_reduced_for_indexing(tmp_path):
     """Pillow reduces no 16-bit mode: the photo is converted first."""
     path = tmp_path / "big.png"
     grey16(size=(1200, 800)).save(path)
-    embedded = load_photo_for_embedding(str(path))
+    embedded = decode_for_embedding(str(path))
     assert embedded.mode == "RGB" and embedded.size == (400, 267)
     assert mean(embedded) == pytest.approx([GREY_8] * 3, abs=1)

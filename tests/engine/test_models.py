@@ -259,6 +259,24 @@ def test_generator_determinism_per_seed(tiny_generator):
     assert np.abs(reordered[1] - a[0]).max() <= 1
 
 
+def test_proxy_tensors_reach_the_vision_encoder_without_pillow(tiny_generator, tiny_encoders):
+    import torch
+
+    tensors = tiny_generator.generate_tensors("golden retriever", [1, 2, 3])
+    assert tensors.shape == (3, 3, 64, 64) and tensors.dtype == torch.float32
+    assert 0 <= tensors.min().item() and tensors.max().item() <= 1
+    # The Pillow images are these tensors rounded to 8 bits.
+    pictures = tiny_generator.generate("golden retriever", [1, 2, 3])
+    assert all(np.abs(np.asarray(p, dtype=float) - t.permute(1, 2, 0).numpy() * 255).max() <= 0.5 + 1e-3
+               for p, t in zip(pictures, tensors))
+    # Features from the tensors = the image processor's on the Pillow images, up to the rounding.
+    direct = tiny_encoders.encode_vision_tensors(tensors)
+    through_pillow = tiny_encoders.encode_vision_images(pictures)
+    assert direct.shape == (3, tiny_encoders.vision_dim)
+    assert (direct * through_pillow).sum(axis=1).min() >= 0.99
+    np.testing.assert_allclose(np.linalg.norm(direct, axis=1), 1, atol=1e-5)
+
+
 def test_generator_makes_one_batched_pipeline_call(tiny_generator):
     calls = []
     hook = tiny_generator.pipe.unet.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from retrieval.engine.photo_preprocessing import CropSpec, image_processor_spec, open_clip_spec, to_pixels
+from retrieval.engine.photo_preprocessing import ROUND, TRUNCATE, CropSpec, image_processor_spec, open_clip_spec, to_pixels
 
 
 def photos() -> list[Image.Image]:
@@ -23,8 +23,9 @@ def photos() -> list[Image.Image]:
 def test_specs_are_read_from_the_libraries_configs(tiny_encoders):
     clip = open_clip_spec(tiny_encoders._vlm)
     dino = image_processor_spec(tiny_encoders._vision_processor)
-    assert clip == CropSpec(32, 32, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
-    assert dino == CropSpec(64, 56, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert clip == CropSpec(32, 32, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711),
+                            crop_offset=ROUND)
+    assert dino == CropSpec(64, 56, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), crop_offset=TRUNCATE)
 
 
 def test_pixels_match_open_clip_and_the_image_processor(tiny_encoders):

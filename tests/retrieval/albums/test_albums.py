@@ -10,10 +10,12 @@ from datetime import datetime, timedelta, timezone as dt_timezone
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from assets.models import Asset, Library, LibraryMembership
 from retrieval.albums.albums import add_indexed_photos, album_photos, audit, create_album_from_search, set_photo_state
+from retrieval.engine.photo_batches import PhotoBatchPreparer
 from retrieval.indexing.photos import embed_batch
 from retrieval.indexing.services import reindex
 from retrieval.search.matches import query_from_bytes
@@ -73,15 +75,22 @@ def index(eager_tasks, django_capture_on_commit_callbacks):
 
 
 class PlantedEncoders:
-    """Stands in for the encoders in `embed_batch`: returns the next planted vectors."""
+    """Stands in for the encoders in `embed_batch`: decodes the photos (a real preparer, without
+    crop specs) and returns the next planted vectors as their features."""
+
+    device = torch.device("cpu")
 
     def __init__(self, space):
         self.space = space
         self.queue: list[np.ndarray] = []
 
-    def encode_photos(self, images):
-        batch, self.queue = np.stack(self.queue[:len(images)]), self.queue[len(images):]
-        return batch[:, :self.space.vlm_dim], batch[:, self.space.vlm_dim:]
+    def photo_preparer(self, threads: int, **options):
+        return PhotoBatchPreparer(None, "cpu", torch.float32, threads)
+
+    def encode_prepared(self, prepared):
+        count = len(prepared.decoded)
+        batch, self.queue = np.stack(self.queue[:count]), self.queue[count:]
+        return torch.from_numpy(batch[:, :self.space.vlm_dim]), torch.from_numpy(batch[:, self.space.vlm_dim:])
 
 
 @pytest.fixture

@@ -9,14 +9,14 @@ from django.db import connection
 from PIL import Image
 
 from assets.models import Asset, Library
-from retrieval.indexing import photos as indexing_photos
+from retrieval.indexing import claims
 from retrieval.indexing import progress
 from retrieval.indexing.photos import embed_batch
 from retrieval.indexing.progress import index_progress, pending_assets
 from retrieval.indexing.services import activate_space
 from retrieval.indexing.spaces import serving_space, space_for_profile, switch_serving_if_complete
 from retrieval.indexing.tasks import index_space, schedule_indexing
-from retrieval.models import AssetEmbedding, EmbeddingSpace, IndexingFailure
+from retrieval.models import AssetEmbedding, EmbeddingSpace, IndexingClaim, IndexingFailure
 
 
 def write_photo(media_root, library, index: int, corrupt: bool = False) -> Asset:
@@ -64,8 +64,8 @@ def test_index_space_embeds_every_photo_once_and_matches_the_engine(tiny_space, 
     from retrieval.engine.fusion import photo_vectors
 
     encoders = load_encoders("tiny")
-    image = indexing_photos.load_photo_for_embedding(assets[3].file.path)
-    # The library preprocessing path, not the batched one indexing uses: they must agree.
+    image = Image.open(assets[3].file.path).convert("RGB")
+    # The libraries' own decoding and preprocessing, not the batched path indexing uses: they must agree.
     expected = photo_vectors(encoders.encode_vlm_images([image]), encoders.encode_vision_images([image]))[0]
     stored = np.asarray(AssetEmbedding.objects.get(asset=assets[3], space=tiny_space).vector, dtype=np.float32)
     assert stored.shape == (tiny_space.dim,)
@@ -101,20 +101,21 @@ def test_a_batch_that_dies_midway_leaves_its_photos_pending_and_a_rerun_indexes_
     activate_space(tiny_space)
     from retrieval.engine.encoders import Encoders
 
-    real = Encoders.encode_photos
+    real = Encoders.encode_prepared
     calls = {"n": 0}
 
-    def dies_on_second_batch(self, images):
+    def dies_on_second_batch(self, prepared):
         calls["n"] += 1
         if calls["n"] == 2:
-            raise MemoryError("worker killed")  # stands in for SIGKILL mid-forward-pass
-        return real(self, images)
+            raise MemoryError("out of memory")  # an error in the middle of the forward passes
+        return real(self, prepared)
 
-    monkeypatch.setattr(Encoders, "encode_photos", dies_on_second_batch)
+    monkeypatch.setattr(Encoders, "encode_prepared", dies_on_second_batch)
     with pytest.raises(MemoryError):
         index_space(tiny_space.pk)
-    assert len(_embeddings_per_asset(tiny_space)) == 3  # the first batch committed, the second rolled back
+    assert len(_embeddings_per_asset(tiny_space)) == 3  # the first batch was stored, the second not
     assert pending_assets(tiny_space).count() == 5
+    assert not IndexingClaim.objects.exists()  # the run gave its claims back: nothing waits for a lease
 
     assert index_space(tiny_space.pk)["indexed"] == 5
     assert _embeddings_per_asset(tiny_space) == {a.pk: 1 for a in assets}
@@ -175,17 +176,16 @@ def test_a_photo_embedded_by_another_worker_after_the_claims_snapshot_is_not_cla
     # pending to it. Replayed here by giving the first claiming query that stale view.
     photos = [write_photo(media_root, library, i) for i in range(3)]
     AssetEmbedding.objects.create(asset=photos[0], space=tiny_space, vector=np.zeros(tiny_space.dim))
-    real, calls = indexing_photos.pending_assets, []
+    real, calls = claims.pending_assets, []
 
     def stale_then_current(space):
         calls.append(space)
         return progress.indexable_assets() if len(calls) == 1 else real(space)
 
-    monkeypatch.setattr(indexing_photos, "pending_assets", stale_then_current)
-    from django.db import transaction
-
-    with transaction.atomic():
-        assert indexing_photos._claim(tiny_space, 2) == [photos[1]]
+    monkeypatch.setattr(claims, "pending_assets", stale_then_current)
+    claimed = claims.claim_fresh(tiny_space, claims.Lease.new(), 2)
+    assert [photo.asset_id for photo in claimed] == [photos[1].pk]
+    assert list(IndexingClaim.objects.values_list("asset_id", flat=True)) == [photos[1].pk]
 
 
 def test_new_space_is_filled_in_the_background_while_search_keeps_the_old_one(
@@ -246,3 +246,14 @@ def test_space_identity_is_the_weights_not_the_name(tiny_space):
     assert space_for_profile("tiny") == tiny_space  # same weights: same space
     versions = tiny_space.versions
     assert versions["profile"] == "tiny" and int(versions["vlm_dim"]) == tiny_space.vlm_dim
+
+
+def test_a_batch_is_sized_for_the_device_unless_configured(settings):
+    import torch
+
+    from retrieval.indexing.tasks import index_batch_size
+
+    settings.CLETIR_INDEX_BATCH_SIZE = 0
+    assert (index_batch_size(torch.device("cuda")), index_batch_size(torch.device("cpu"))) == (256, 32)
+    settings.CLETIR_INDEX_BATCH_SIZE = 64
+    assert index_batch_size(torch.device("cuda")) == 64

@@ -227,12 +227,12 @@ def test_failed_photos_and_other_spaces_are_never_ranked(library):
 
 
 class GeneratorCalls:
-    """Counts (and optionally intercepts) ProxyGenerator.generate calls."""
+    """Counts (and optionally intercepts) ProxyGenerator.generate_tensors calls (what proxies call)."""
 
     def __init__(self, monkeypatch):
         self.calls: list[tuple[str, list[int]]] = []
         self.before = None
-        original = ProxyGenerator.generate
+        original = ProxyGenerator.generate_tensors
 
         def generate(generator, query, seeds):
             self.calls.append((query, list(seeds)))
@@ -240,7 +240,7 @@ class GeneratorCalls:
                 self.before(query, seeds)
             return original(generator, query, seeds)
 
-        monkeypatch.setattr(ProxyGenerator, "generate", generate)
+        monkeypatch.setattr(ProxyGenerator, "generate_tensors", generate)
 
 
 @pytest.fixture
