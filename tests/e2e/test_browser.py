@@ -145,10 +145,12 @@ def test_archivist_uploads_indexes_searches_pages_opens_and_refines(
     expect(page.locator("#state-label")).to_have_text("Done")
     search = Search.objects.get(parent=None)
     assert (search.text, search.status, search.result_count) == ("sailboat", "done", PHOTOS)
+    # The proxy images are written after the results (placeholders until then, and the page
+    # reloads when they are there); each is served and decoded, not a broken image.
     proxies = page.locator(".strip .proxy img")
     expect(proxies).to_have_count(search.k)
-    for index in range(search.k):  # served and decoded, not broken images
-        assert proxies.nth(index).evaluate("img => img.complete && img.naturalWidth > 0")
+    page.wait_for_function("() => [...document.querySelectorAll('.strip .proxy img')]"
+                           ".every(img => img.complete && img.naturalWidth > 0)")
     screenshot("search-done-with-proxies")
 
     # Page through the results, 24 at a time.

@@ -271,7 +271,8 @@ def default_random_encoders(tmp_path_factory):
     into a temporary folder (the generator is not needed)."""
     from retrieval.engine.build_models import ROLE_BUILDERS
     from retrieval.engine.encoders import Encoders
-    from retrieval.engine.profiles import ENV_MODEL_DIR, get_profile
+    from retrieval.engine.model_folders import ENV_MODEL_DIR
+    from retrieval.engine.runtime import get_profile
 
     profile = get_profile("default-random")
     root = tmp_path_factory.mktemp("default-random")

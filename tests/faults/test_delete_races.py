@@ -4,9 +4,10 @@ row and no file. The delete lands at a random moment (RANDOM_SEED reproduces a r
 
 * upload: gunicorn with two workers, one serving a zip upload (thumbnails made in the request,
   eager tasks), the other the DELETE;
-* indexing: a real Celery worker (tests.faults.paused_worker) holds a claimed batch inside its
-  transaction while the DELETE arrives; the delete waits for the batch to commit, then removes
-  its vectors with the photos.
+* indexing: a real Celery worker (tests.faults.paused_worker) has claimed a batch and is inside
+  its forward passes when the DELETE arrives. The claim holds no lock (retrieval.indexing.claims),
+  so the delete goes through at once; the batch's store then finds its photos gone and writes
+  nothing.
 """
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ from rest_framework.authtoken.models import Token
 from assets.media_audit import audit_media
 from assets.models import Asset, Library, PendingFile, Rendition
 from assets.tasks import sweep_media_leftovers
-from retrieval.models import AssetEmbedding
+from retrieval.models import AssetEmbedding, IndexingClaim
 from retrieval.indexing.services import activate_space
 from retrieval.indexing.spaces import space_for_profile
 from retrieval.indexing.tasks import index_space
+from tests.conftest import wait_for
 from tests.faults.conftest import BROKER, PAUSED_WORKER
 from tests.faults.web_server import WebServer, files_under, named_files, photo_archive, upload_body
 from tests.photos import write_photos
@@ -109,13 +111,18 @@ def test_library_delete_racing_indexing(
             photos = [a.pk for a in write_photos(media_root, library, 8, start=8 * run)]
             batches_before = len(marks.of("embed"))
             index_space.delay(space.pk)
-            marks.wait("embed", batches_before + 1)  # a batch is claimed and inside its transaction
+            marks.wait("embed", batches_before + 1)  # a batch is claimed and in its forward passes
             time.sleep(rng.uniform(0.0, 1.0))
-            Thread(target=lambda: (time.sleep(rng.uniform(0.0, 1.5)), marks.release())).start()
+            releaser = Thread(target=lambda pause=rng.uniform(0.0, 1.5): (time.sleep(pause), marks.release()))
+            releaser.start()
 
             started = time.monotonic()
             deleted, detail = server.request("DELETE", f"/api/libraries/{library.pk}/", token)
             waits.append(round(time.monotonic() - started, 2))
+            releaser.join()  # before the next run clears the release again
+            # The batch goes on once released, and stores (nothing) after the delete.
+            wait_for(lambda: not IndexingClaim.objects.filter(space=space).exists(), timeout=60,
+                     message="the indexing run to end")
 
             assert deleted == 204, (detail, server.log()[-3000:])
             assert not Asset.objects.filter(pk__in=photos).exists()
@@ -125,5 +132,5 @@ def test_library_delete_racing_indexing(
     finally:
         marks.release()
         server.stop()
-    print(f"\nseed {RANDOM_SEED}: seconds each delete waited for the batch in flight: {waits}")
+    print(f"\nseed {RANDOM_SEED}: seconds each delete took with a batch in flight: {waits}")
     assert_nothing_left(media_root, settings)
