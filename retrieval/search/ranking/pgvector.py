@@ -1,17 +1,19 @@
-"""Ranking photos of some libraries by one fused query vector: one pgvector query.
+"""The pgvector backend: ranking a scope by one pgvector query over the stored vectors.
 
 The fused score of METHOD.md step 5 is the inner product <u, e(x)> of the query vector
-u = [(1-λ)t; λq] with the stored photo vector e(x) = [I(x); V(x)], so the whole ranking is one
-`ORDER BY e <#> u LIMIT N` over the space's partial HNSW index (see `retrieval.indexing.vector_index`).
+u = [(1-λ)t; λq] with the stored photo vector e(x) = [I(x); V(x)], so a ranking is one
+`ORDER BY e <#> u LIMIT N`, over the space's partial HNSW index (see
+`retrieval.indexing.vector_index`) or as an exact scan. The rows it returns carry their vectors
+and are scored exactly in Python (`retrieval.search.scores`), like every backend's.
 
-Three pgvector facts shape the query (ARCHITECTURE.md, "pgvector facts that bite"):
+Three pgvector facts shape the graph query (ARCHITECTURE.md, "pgvector facts that bite"):
 
 * `hnsw.ef_search` caps how many rows one graph search yields; it is raised to at least N
   (up to pgvector's maximum of 1000; beyond that the iterative scan supplies the rest).
-* The library filter is applied after the graph scan, so without `hnsw.iterative_scan` a filter
+* The scope's filter is applied after the graph scan, so without `hnsw.iterative_scan` a filter
   keeping 10% of the rows returns ~10% of N. With `relaxed_order` the scan keeps going until N
   rows passed the filter (or `hnsw.max_scan_tuples` were visited), but rows may come out
-  slightly out of order: `rank` sorts the returned rows again (by their float32 scores).
+  slightly out of order: they are sorted again by their exact scores.
 * The iterative scan stops when its memory passes `work_mem × hnsw.scan_mem_multiplier`; for
   896-dim vectors the default (1 × 4 MB) ends a filtered scan after a few thousand tuples, so
   the multiplier is raised for the duration of the query.
@@ -22,16 +24,18 @@ bench/search.py) and where an exact scan is cheapest (it reads only the filtered
 the btree indexes on the library and the (asset, space) pair). So a ranking over at most
 `CLETIR_EXACT_RANK_MAX_ROWS` candidate photos is exact, and only larger scopes use the graph.
 
-The score parts shown to the user are computed by the same query against the float32 query
-halves: text part (1-λ)<t, I(x)> and image part λ<q, V(x)>; the fused score is their sum in
-float64, so `score == text_score + image_score` holds exactly. The final order
-is that score, descending, ties broken by asset id, so pages of results never shuffle.
+The exact scan orders by the half-precision query; its scores are within a bound of the exact
+ones (the query's rounding times the largest vector norm of the space, plus float32
+accumulation), so it fetches enough rows that the exact top N is among them (`exact.exact_top`).
+The graph's answer is approximate by nature: its rows are scored exactly and sorted, nothing more.
+
+The match count and the albums read a scope's fast scores through `scope_scores` (one exact
+scan returning (asset id, score) pairs, float32 query).
 """
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
 from django.conf import settings
@@ -39,9 +43,12 @@ from django.db import connection, transaction
 
 from assets.models import Asset
 
-from ..indexing.vector_index import vector_expression
-from ..models import AssetEmbedding, EmbeddingSpace
-from ..vector_params import VectorParam, binary_cursor
+from ...indexing.vector_index import vector_expression
+from ...models import AssetEmbedding, EmbeddingSpace
+from ...vector_params import VectorParam, binary_cursor
+from .base import Ranking
+from .exact import TINY, exact_top
+from .scope import Scope
 
 # pgvector refuses an ef_search above 1000.
 MAX_EF_SEARCH = 1000
@@ -49,15 +56,9 @@ MAX_EF_SEARCH = 1000
 # that memory, not CLETIR_HNSW_MAX_SCAN_TUPLES, never ends a filtered scan of 896-dim vectors
 # early (bench/search.py: a 10% filter returns the full N at 100k photos).
 SCAN_MEM_MULTIPLIER = 8
-
-
-@dataclass(frozen=True)
-class RankedRow:
-    asset_id: int
-    score: float
-    text_score: float
-    image_score: float
-
+# An exact scan first fetches this many rows beyond N (more when the error bound asks for it).
+FIRST_EXTRA_ROWS = 64
+UNIT_ROUNDOFF_32 = 2.0 ** -24
 
 # A scope the statistics estimate at more than this many times the exact-scan limit (or less
 # than the limit divided by it) is decided without counting; being on the wrong side would
@@ -66,15 +67,18 @@ class RankedRow:
 ESTIMATE_MARGIN = 3
 
 
-def candidate_count(library_ids: list[int], up_to: int) -> int:
-    """How many photos a ranking over these libraries considers (failed ones never count),
+def candidate_count(scope: Scope | list[int], up_to: int) -> int:
+    """How many photos a ranking over this scope considers (failed ones never count),
     counted no further than `up_to` + 1: the decision needs no more. Counting even that far
     costs ~5 ms (20k rows), as much as the graph query it decides about, so a scope that the
     table statistics put far from `up_to` is not counted at all: its estimate is returned."""
-    estimate = _estimated_photos(library_ids)
+    scope = Scope.of(scope)
+    estimate = _estimated_photos(list(scope.library_ids))
     if estimate is not None and (estimate > ESTIMATE_MARGIN * up_to or estimate * ESTIMATE_MARGIN < up_to):
         return estimate
-    photos = Asset.objects.filter(library_id__in=library_ids).exclude(status=Asset.Status.FAILED).order_by()
+    photos = Asset.objects.filter(library_id__in=scope.library_ids).exclude(status=Asset.Status.FAILED).order_by()
+    if scope.photos is not None:
+        photos = photos.filter(pk__in=scope.photos.order_by().values("pk"))
     return photos[: up_to + 1].count()
 
 
@@ -99,10 +103,10 @@ def _estimated_photos(library_ids: list[int]) -> int | None:
     return int(round(rows * sum(common.get(pk, rare_share) for pk in set(library_ids))))
 
 
-def choose_exact(library_ids: list[int]) -> bool:
+def choose_exact(scope: Scope | list[int]) -> bool:
     """Exact scan for small scopes (cheap there, and recall 1), the HNSW graph for large ones."""
     limit = settings.CLETIR_EXACT_RANK_MAX_ROWS
-    return limit > 0 and candidate_count(library_ids, limit) <= limit
+    return limit > 0 and candidate_count(scope, limit) <= limit
 
 
 def ef_search_for(top_n: int) -> int:
@@ -110,57 +114,46 @@ def ef_search_for(top_n: int) -> int:
     return int(min(MAX_EF_SEARCH, max(settings.CLETIR_HNSW_EF_SEARCH, top_n)))
 
 
-def scope_sql(space: EmbeddingSpace) -> str:
-    """`FROM ... WHERE` of the vectors `e` in `space` of the photos `a` in the libraries
-    %(libraries)s, failed photos excluded (parameters: `scope_params`). Every query that scores
-    a search's scope reads it through this, so the scope is decided in one place."""
+def scope_sql(space: EmbeddingSpace, scope: Scope) -> tuple[str, dict]:
+    """(`FROM ... WHERE` of the vectors `e` in `space` of the scope's photos `a`, its
+    parameters). Every query that scores a scope reads it through this, so the scope is decided
+    in one place."""
     embeddings, assets = AssetEmbedding._meta.db_table, Asset._meta.db_table
+    condition, params = scope.where("a")
     # The space id is an inlined integer, not a parameter: the planner must see the partial
     # index predicate `space_id = N` as a constant to use the index.
     return f"""
         FROM "{embeddings}" e
         JOIN "{assets}" a ON a.id = e.asset_id
-        WHERE e.space_id = {int(space.pk)}
-          AND a.library_id = ANY(%(libraries)s)
-          AND a.status <> %(failed)s
-    """
+        WHERE e.space_id = {int(space.pk)} AND {condition}
+    """, params
 
 
-def scope_params(library_ids: list[int]) -> dict:
-    return {"libraries": [int(pk) for pk in library_ids], "failed": Asset.Status.FAILED}
-
-
-def _ranking_sql(space: EmbeddingSpace, exact: bool) -> str:
-    dim, vlm, vision = int(space.dim), int(space.vlm_dim), int(space.vision_dim)
+def _ranking_sql(space: EmbeddingSpace, scope: Scope, exact: bool) -> tuple[str, dict]:
+    dim = int(space.dim)
     embeddings = AssetEmbedding._meta.db_table
-    scope = scope_sql(space)
+    scope_from, params = scope_sql(space, scope)
     if exact:
         # The bare column (every vector of a space has its dim), which no index covers, so it is
         # always a full scan; done this way rather than with `SET enable_indexscan = off`, which
         # would outlive this query when the caller is inside a transaction. The sort keeps only
         # row ids (carrying 1.8 KB vectors through it costs ~15% at 100k photos); the hits'
         # vectors are read again by primary key.
-        hits = f"SELECT e.id {scope} ORDER BY e.vector <#> %(query)s::halfvec({dim}) LIMIT %(limit)s"
-        rows = f'hits JOIN "{embeddings}" v ON v.id = hits.id'
-    else:
-        # Exactly the indexed expression, or the planner ignores the index. The index scan
-        # returns whole rows anyway, so the hits keep their vectors.
-        hits = (f"SELECT e.asset_id, e.vector {scope} "
-                f"ORDER BY {vector_expression(space)} <#> %(query)s::halfvec({dim}) LIMIT %(limit)s")
-        rows = "hits v"
-    # The score parts of the hits only (in the select list of the ordered query they would be
-    # computed for every row the exact scan sorts). Computed here rather than from the vectors
-    # in Python: sending 1000 vectors costs Postgres ~10 ms (halfvec_send writes them element by
-    # element), the parts ~1 ms. halfvec -> vector widens the stored values exactly, so each
-    # part is the float32 product of the float32 query half with the stored half. No ORDER BY:
-    # `rank` sorts the rows by their scores anyway.
+        return f"""
+            WITH hits AS MATERIALIZED (
+                SELECT e.id, e.vector <#> %(query)s::halfvec({dim}) AS distance {scope_from}
+                ORDER BY distance LIMIT %(limit)s
+            )
+            SELECT v.asset_id, -hits.distance, halfvec_send(v.vector)
+            FROM hits JOIN "{embeddings}" v ON v.id = hits.id ORDER BY hits.distance, v.asset_id
+        """, params
+    # Exactly the indexed expression, or the planner ignores the index. The index scan returns
+    # whole rows anyway, so the hits keep their vectors.
     return f"""
-        WITH hits AS MATERIALIZED ({hits})
-        SELECT v.asset_id,
-               -(subvector(v.vector, 1, {vlm})::vector({vlm}) <#> %(text)s::vector({vlm})),
-               -(subvector(v.vector, {vlm + 1}, {vision})::vector({vision}) <#> %(image)s::vector({vision}))
-        FROM {rows}
-    """
+        SELECT e.asset_id, -({vector_expression(space)} <#> %(query)s::halfvec({dim})), halfvec_send(e.vector)
+        {scope_from}
+        ORDER BY {vector_expression(space)} <#> %(query)s::halfvec({dim}) LIMIT %(limit)s
+    """, params
 
 
 @contextmanager
@@ -184,68 +177,158 @@ def _configure_scan(cursor, top_n: int) -> None:
     )
 
 
-def _params(space: EmbeddingSpace, u: np.ndarray, library_ids: list[int], top_n: int) -> dict:
-    return {
-        "query": VectorParam(u, half=True),
-        "text": VectorParam(u[:space.vlm_dim], half=False),
-        "image": VectorParam(u[space.vlm_dim:], half=False),
-        "limit": int(top_n),
-        **scope_params(library_ids),
-    }
-
-
-def _checked_query(space: EmbeddingSpace, query_vector: np.ndarray) -> np.ndarray:
+def checked_query(space: EmbeddingSpace, query_vector: np.ndarray) -> np.ndarray:
     u = np.asarray(query_vector, dtype=np.float32)
     if u.shape != (space.dim,):
         raise ValueError(f"query vector must have shape ({space.dim},), got {u.shape}")
     return u
 
 
-def explain(space: EmbeddingSpace, query_vector: np.ndarray, library_ids: list[int], top_n: int,
+def explain(space: EmbeddingSpace, query_vector: np.ndarray, scope: Scope | list[int], top_n: int,
             exact: bool | None = None) -> str:
     """The plan `rank` gets for these arguments (EXPLAIN ANALYZE): tests and the benchmark
     check that the approximate ranking really reads the space's HNSW index."""
-    u = _checked_query(space, query_vector)
+    u, scope = checked_query(space, query_vector), Scope.of(scope)
     if exact is None:
-        exact = choose_exact(library_ids)
+        exact = choose_exact(scope)
+    sql, params = _ranking_sql(space, scope, exact)
     with _ranking_cursor(exact, top_n) as cursor:
-        cursor.execute("EXPLAIN (ANALYZE, COSTS OFF) " + _ranking_sql(space, exact), _params(space, u, library_ids, top_n))
+        cursor.execute("EXPLAIN (ANALYZE, COSTS OFF) " + sql,
+                       {**params, "query": VectorParam(u, half=True), "limit": int(top_n)})
         return "\n".join(row[0] for row in cursor.fetchall())
 
 
-def rank(
-    space: EmbeddingSpace,
-    query_vector: np.ndarray,
-    library_ids: list[int],
-    top_n: int,
-    exact: bool | None = None,
-) -> list[RankedRow]:
-    """The `top_n` photos of `library_ids` in `space` by fused score <u, e(x)>, best first.
+def halfvec_rows(payloads: list, dim: int) -> np.ndarray:
+    """float16 rows from pgvector's binary halfvecs (int16 dim, int16 unused, big-endian values)."""
+    if not payloads:
+        return np.zeros((0, dim), dtype=np.float16)
+    row = np.dtype([("dim", ">i2"), ("unused", ">i2"), ("values", ">f2", (dim,))])
+    parsed = np.frombuffer(b"".join(bytes(p) for p in payloads), dtype=row)
+    if not np.all(parsed["dim"] == dim):
+        raise ValueError(f"the space's vectors are not all {dim}-dimensional")
+    return parsed["values"].astype(np.float16)
 
-    `query_vector` is u = [(1-λ)t; λq] (`fusion.query_vector`), length `space.dim`; photos of
-    failed assets are never returned. `exact=None` picks the method by the size of the scope
-    (`choose_exact`); `True` ranks without the HNSW index (the baseline for tests and the
-    benchmark), `False` always through it.
-    """
-    u = _checked_query(space, query_vector)
-    if top_n < 1 or not library_ids:
-        return []
+
+def rank(space: EmbeddingSpace, query_vector: np.ndarray, scope: Scope | list[int], top_n: int,
+         exact: bool | None = None) -> Ranking:
+    """The `top_n` photos of the scope in `space`, best first (exact scores; see the module
+    docstring). `exact=None` picks the method by the size of the scope (`choose_exact`); `True`
+    ranks without the HNSW index (the baseline for tests and the benchmark), `False` always
+    through it."""
+    u, scope = checked_query(space, query_vector), Scope.of(scope)
+    counted = lambda: scope_scores(space, u, scope)  # noqa: E731
+    if top_n < 1 or scope.is_empty:
+        return Ranking([], "pgvector", counted)
     if exact is None:
-        exact = choose_exact(library_ids)
-    with _ranking_cursor(exact, top_n) as cursor:
-        cursor.execute(_ranking_sql(space, exact), _params(space, u, library_ids, top_n), binary=True)
+        exact = choose_exact(scope)
+    sql, params = _ranking_sql(space, scope, exact)
+    half = VectorParam(u, half=True)
+
+    def fetch(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        with _ranking_cursor(exact, m) as cursor:
+            cursor.execute(sql, {**params, "query": half, "limit": int(m)}, binary=True)
+            rows = cursor.fetchall()
+        return (np.array([r[0] for r in rows], dtype=np.int64), np.array([r[1] for r in rows], dtype=np.float64),
+                halfvec_rows([r[2] for r in rows], space.dim))
+
+    error = exact_scan_error(space, u) if exact else None
+    rows = exact_top(fetch, np.iinfo(np.int64).max, top_n + FIRST_EXTRA_ROWS if exact else top_n, error, u,
+                     space.vlm_dim, top_n)
+    return Ranking(rows, "pgvector", counted)
+
+
+# ---------------------------------------------------------------------------- error bounds
+
+_norm_bounds: dict[int, tuple[int, float]] = {}
+
+
+def largest_norm(space: EmbeddingSpace) -> float:
+    """The largest norm of a vector in the space, read incrementally: the vectors added since the
+    last call (vectors are never updated in place: a re-index deletes and inserts)."""
+    seen, norm = _norm_bounds.get(space.pk, (0, 0.0))
+    with connection.cursor() as cursor:
+        cursor.execute(f'SELECT max(id), max(l2_norm(vector)) FROM "{AssetEmbedding._meta.db_table}" '
+                       f"WHERE space_id = %s AND id > %s", [space.pk, seen])
+        newest, largest = cursor.fetchone()
+    if newest is not None:
+        norm = max(norm, float(largest))
+        _norm_bounds[space.pk] = (int(newest), norm)
+    return norm * (1 + 2 * UNIT_ROUNDOFF_32)
+
+
+def _gamma(n: int) -> float:
+    return n * UNIT_ROUNDOFF_32 / (1 - n * UNIT_ROUNDOFF_32)
+
+
+def exact_scan_error(space: EmbeddingSpace, u: np.ndarray) -> float:
+    """|fast - exact| of the exact scan: the half-precision query's rounding, float32 sums."""
+    rounded = u.astype(np.float16).astype(np.float64)
+    norm = largest_norm(space)
+    error = float(np.linalg.norm(u.astype(np.float64) - rounded)) * norm + _gamma(space.dim) * float(np.linalg.norm(rounded)) * norm
+    return error * 1.01 + TINY
+
+
+# ---------------------------------------------------------------------------- a scope's fast scores
+
+
+class ArrayScopeScores:
+    """Fast scores of a scope held in numpy (one pgvector scan); vectors are fetched by asset id."""
+
+    def __init__(self, space: EmbeddingSpace, asset_ids: np.ndarray, fast: np.ndarray, error: float) -> None:
+        self.space, self.asset_ids, self.fast, self.error = space, asset_ids, fast, error
+        self.size = len(asset_ids)
+
+    def histogram(self, bins: int) -> tuple[np.ndarray, float, float]:
+        if not self.size:
+            return np.zeros(bins, dtype=np.int64), 0.0, 0.0
+        low, high = float(self.fast.min()), float(self.fast.max())
+        scaled = (self.fast - low) * (bins / (high - low)) if high > low else np.zeros(self.size)
+        return np.bincount(np.minimum(scaled.astype(np.int64), bins - 1), minlength=bins), low, high
+
+    def count_above(self, score: float) -> int:
+        return int(np.count_nonzero(self.fast > score))
+
+    def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, self.size)
+        best = np.argpartition(-self.fast, k - 1)[:k] if 0 < k < self.size else np.arange(self.size)
+        best = best[np.argsort(-self.fast[best], kind="stable")]
+        return best, self.fast[best]
+
+    def select(self, low: float, high: float) -> np.ndarray:
+        return np.flatnonzero((self.fast >= low) & (self.fast <= high))
+
+    def photos(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        asset_ids = self.asset_ids[positions]
+        return asset_ids, stored_vectors(self.space, asset_ids)
+
+
+def stored_vectors(space: EmbeddingSpace, asset_ids: np.ndarray) -> np.ndarray:
+    """The stored float16 vectors of these photos in `space`, in the order given."""
+    if not len(asset_ids):
+        return np.zeros((0, space.dim), dtype=np.float16)
+    with binary_cursor() as cursor:
+        cursor.execute(f'SELECT asset_id, halfvec_send(vector) FROM "{AssetEmbedding._meta.db_table}" '
+                       f"WHERE space_id = {int(space.pk)} AND asset_id = ANY(%s)",
+                       [[int(pk) for pk in asset_ids]], binary=True)
         rows = cursor.fetchall()
-    if not rows:
-        return []
-    asset_ids = np.array([row[0] for row in rows], dtype=np.int64)
-    text = np.array([row[1] for row in rows], dtype=np.float64)
-    image = np.array([row[2] for row in rows], dtype=np.float64)
-    fused = text + image
-    # The database ordered by the half-precision query; the stored scores are the float32
-    # query's, so order by them (ties: lower asset id first) to keep scores monotonic.
-    order = np.lexsort((asset_ids, -fused))
-    return [
-        RankedRow(asset_id=int(asset_ids[i]), score=float(fused[i]), text_score=float(text[i]),
-                  image_score=float(image[i]))
-        for i in order
-    ]
+    by_id = dict(zip((r[0] for r in rows), halfvec_rows([r[1] for r in rows], space.dim)))
+    missing = [int(pk) for pk in asset_ids if int(pk) not in by_id]
+    if missing:
+        raise LookupError(f"photos {missing[:5]} have no vector in space {space.pk} any more")
+    return np.stack([by_id[int(pk)] for pk in asset_ids])
+
+
+def scope_scores(space: EmbeddingSpace, query_vector: np.ndarray, scope: Scope | list[int]) -> ArrayScopeScores:
+    """The fast score <u, e(x)> of every photo of the scope, computed by Postgres against the
+    float32 query (halfvec -> vector widens the stored values exactly; float32 sums)."""
+    u, scope = checked_query(space, query_vector), Scope.of(scope)
+    error = (_gamma(space.dim) * float(np.linalg.norm(u.astype(np.float64))) * largest_norm(space)) * 1.01 + TINY
+    if scope.is_empty:
+        return ArrayScopeScores(space, np.zeros(0, dtype=np.int64), np.zeros(0), error)
+    scope_from, params = scope_sql(space, scope)
+    sql = f"SELECT e.asset_id, -(e.vector::vector <#> %(query)s::vector) {scope_from}"
+    with binary_cursor() as cursor:
+        cursor.execute(sql, {**params, "query": VectorParam(u, half=False)}, binary=True)
+        rows = cursor.fetchall()
+    return ArrayScopeScores(space, np.array([r[0] for r in rows], dtype=np.int64),
+                            np.array([r[1] for r in rows], dtype=np.float64), error)
