@@ -43,30 +43,20 @@ def _process_alive(pid: int) -> bool:
 
 def report_ranking() -> None:
     """Write this process's ranking backends and in-memory copies to its worker's heartbeat
-    (called when they change: a backend chosen, a copy loaded)."""
+    (called when they change: a backend chosen, a copy loaded). A pool process may get there
+    before its worker's first heartbeat: it then writes the row, which the next beat completes."""
     if PROCESS_HOSTNAME is None:
         return  # not a worker process (tests, the benchmark, the web)
     from .search.ranking import process_report
 
-    global _report_pending
-    report = {**process_report(), "reported_at": timezone.now().isoformat()}
+    report = json.dumps({str(os.getpid()): {**process_report(), "reported_at": timezone.now().isoformat()}})
+    table = WorkerHeartbeat._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(
-            f'UPDATE "{WorkerHeartbeat._meta.db_table}" SET ranking = ranking || jsonb_build_object(%s::text, %s::jsonb) '
-            "WHERE hostname = %s", [str(os.getpid()), json.dumps(report), PROCESS_HOSTNAME])
-        # A pool process can start before its worker's first heartbeat row: report again later.
-        _report_pending = cursor.rowcount == 0
-
-
-_report_pending = False
-
-
-def ranking_report_pending() -> bool:
-    return _report_pending
-
-
-def forget_worker(hostname: str) -> None:
-    WorkerHeartbeat.objects.filter(hostname=hostname).delete()
+            f'INSERT INTO "{table}" AS h (hostname, queues, pid, started_at, last_seen, ranking) '
+            "VALUES (%s, '[]'::jsonb, %s, now(), now(), %s::jsonb) "
+            "ON CONFLICT (hostname) DO UPDATE SET ranking = h.ranking || EXCLUDED.ranking",
+            [PROCESS_HOSTNAME, os.getpid(), report])
 
 
 def workers_seen() -> list[dict]:

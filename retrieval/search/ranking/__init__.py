@@ -43,7 +43,7 @@ def choose_backend(space: EmbeddingSpace) -> str:
     setting = settings.CLETIR_RANK_BACKEND
     if setting not in BACKENDS:
         raise ValueError(f"CLETIR_RANK_BACKEND must be one of {', '.join(BACKENDS)}, got {setting!r}")
-    from ...workers import ranking_report_pending, report_ranking  # here: workers imports this wing
+    from ...workers import report_ranking  # imported here: workers imports this wing
 
     backend, reason = _decide(space, setting)
     if _chosen.get(space.pk) != (backend, reason):
@@ -52,8 +52,6 @@ def choose_backend(space: EmbeddingSpace) -> str:
         logger.info("ranking space %s with %s: %s", space.pk, backend, reason)
         if backend == "pgvector":
             memory.drop_copies()
-        report_ranking()
-    elif ranking_report_pending():
         report_ranking()
     return backend
 

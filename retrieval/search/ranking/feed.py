@@ -69,7 +69,7 @@ def _identity_sql(space_id: int) -> str:
         pg_postmaster_start_time()::text,
         (SELECT oid FROM pg_database WHERE datname = current_database()),
         '"{embeddings}"'::regclass::oid, '"{assets}"'::regclass::oid, '{CHANGES}'::regclass::oid,
-        (SELECT last_value FROM {EPOCH_SEQUENCE}),
+        (SELECT last_value::text || is_called::text FROM {EPOCH_SEQUENCE}),
         (SELECT json_build_array(fingerprint, created_at::text, vlm_dim, vision_dim) FROM "{spaces}"
          WHERE id = {int(space_id)})
     )::text"""
@@ -204,11 +204,17 @@ def _take_rows(pending: bytearray, row: np.dtype, dim: int) -> np.ndarray:
 
 def prune_changes(keep_seconds: int) -> int:
     """Delete change rows older than `keep_seconds` and raise the pruned mark past them, so a
-    copy whose watermark they could have moved reloads; returns the rows deleted."""
+    copy whose watermark they could have moved reloads; returns the rows deleted.
+
+    Only rows below the current snapshot's xmin go: every copy loaded from now on has a
+    watermark at least that high, so a prune never makes a fresh copy reload (a transaction
+    left open for hours holds the horizon back instead)."""
     with connection.cursor() as cursor:
         cursor.execute(f"""
             WITH gone AS (
-                DELETE FROM {CHANGES} WHERE created_at < now() - make_interval(secs => %s) RETURNING xid
+                DELETE FROM {CHANGES}
+                WHERE created_at < now() - make_interval(secs => %s) AND xid < pg_snapshot_xmin(pg_current_snapshot())
+                RETURNING xid
             )
             SELECT count(*), max(xid::text::bigint) FROM gone
         """, [keep_seconds])

@@ -384,7 +384,8 @@ def rank(space: EmbeddingSpace, query: np.ndarray, scope: Scope, top_n: int) -> 
 def report() -> dict:
     """What this process holds, for its worker's heartbeat."""
     return {
-        str(space_id): {"photos": copy.photos, "mb": round(copy.nbytes / 2**20, 1), "device": str(copy.device),
+        str(space_id): {"photos": copy.photos, "bytes": copy.nbytes, "mb": round(copy.nbytes / 2**20, 1),
+                        "device": str(copy.device),
                         "dtype": str(copy.dtype).replace("torch.", ""), "loaded_at": round(copy.loaded_at),
                         "load_seconds": round(copy.load_seconds, 2)}
         for space_id, copy in _copies.items()
