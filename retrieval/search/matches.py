@@ -34,15 +34,17 @@ def query_from_bytes(data: bytes | memoryview) -> np.ndarray:
     return np.frombuffer(bytes(data), dtype="<f4").copy()
 
 
-def category_hint(u: np.ndarray, space: EmbeddingSpace, references: list[np.ndarray], rows: list) -> float | None:
+def category_hint(u: np.ndarray, space: EmbeddingSpace, references: list[np.ndarray],
+                  text_parts: np.ndarray) -> float | None:
     """A fused score an on-category photo is expected to reach: the proxies' (and example
-    photos') image part λ<q, g_k>, plus the mean text part of the top-ranked photos (proxies
-    have no VLM features of their own). None without references."""
+    photos') image part λ<q, g_k>, plus the mean text part of the top-ranked photos (their
+    `text_parts`, best first; proxies have no VLM features of their own). None without
+    references."""
     if not references:
         return None
     image_part = float(np.mean(np.stack(references).astype(np.float64) @ np.asarray(u[space.vlm_dim:], dtype=np.float64)))
-    text_part = float(np.mean([r.text_score for r in rows[:HINT_TOP_ROWS]])) if rows else 0.0
-    return image_part + text_part
+    top = np.asarray(text_parts[:HINT_TOP_ROWS], dtype=np.float64)
+    return image_part + (float(top.mean()) if top.size else 0.0)
 
 
 def estimate_scope_matches(space: EmbeddingSpace, u: np.ndarray, ranking: Ranking,
@@ -51,12 +53,12 @@ def estimate_scope_matches(space: EmbeddingSpace, u: np.ndarray, ranking: Rankin
     scores = ranking.scope_scores()
     counts, low, high = scores.histogram(HISTOGRAM_BINS)
     histogram = ScoreHistogram(counts, low, high)
-    fit = fit_mixture(histogram, category_hint(u, space, references, ranking.rows))
+    fit = fit_mixture(histogram, category_hint(u, space, references, ranking.parts.text))
     count, cutoff = 0, None
     if fit is not None:
         count, cutoff = exact_count(scores, fit.threshold(posterior, low, high), u, space.vlm_dim)
     if cutoff is None:  # no match: a cutoff above the best photo
-        cutoff = above_float32(ranking.rows[0].score if ranking.rows else 0.0)
+        cutoff = above_float32(ranking.scores[0] if len(ranking.scores) else 0.0)
     mean, std = histogram.mean_std() if histogram.n else (0.0, 0.0)
     background, category, weight = ((mean, std), (mean, std), 0.0) if fit is None else (fit.background, fit.category, fit.weight)
     estimate = MatchEstimate(count=count, cutoff=float(cutoff), background_mean=background[0],

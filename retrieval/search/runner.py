@@ -29,7 +29,7 @@ from .plan import QueryInputs, QueryPlan, plan_query
 from .proxies import get_or_generate_proxy_set, proxy_features
 from .query import normalise_query
 from .ranking import Ranking, Scope, rank
-from .results import in_scope, store_results
+from .results import out_of_scope, store_results
 from .scope import search_library_ids, visible_library_ids
 from .tasks import TRANSIENT_ERRORS
 
@@ -228,15 +228,15 @@ def _store(run: _Run, plan: QueryPlan, space: EmbeddingSpace, scope: Scope, rank
         with transaction.atomic():
             if Search.objects.select_for_update().values_list("status", flat=True).get(pk=search.pk) == Search.Status.DONE:
                 return None
-            current = in_scope(space, scope, [row.asset_id for row in ranking.rows])
-            if len(current) == len(ranking.rows) or attempt == 2:
-                rows = [row for row in ranking.rows if row.asset_id in current]
-                store_results(search, rows)
-                search.mark_done(query_vector=query_bytes(plan.u), result_count=len(rows), lambda_used=plan.lam,
-                                 aggregation=plan.aggregation, timings=run.rounded_timings())
+            gone = out_of_scope(space, scope, ranking)
+            if not gone or attempt == 2:
+                ranking = ranking.without(gone)
+                store_results(search, ranking.asset_ids, ranking.scores, ranking.parts.text, ranking.parts.image)
+                search.mark_done(query_vector=query_bytes(plan.u), result_count=len(ranking.asset_ids),
+                                 lambda_used=plan.lam, aggregation=plan.aggregation, timings=run.rounded_timings())
                 break
         logger.warning("search %s: %d ranked photos left the scope before they were stored; ranking again",
-                       search.pk, len(ranking.rows) - len(current))
+                       search.pk, len(gone))
         with run.stage("ranking"):
             ranking = rank(space, plan.u, scope, search.top_n)
     # Measured after the commit: what the worker spent before the results could be read.

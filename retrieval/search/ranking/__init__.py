@@ -61,7 +61,9 @@ def _decide(space: EmbeddingSpace, setting: str) -> tuple[str, str]:
         return "pgvector", "CLETIR_RANK_BACKEND=pgvector"
     device = memory.device_for(space)
     photos = memory.space_size(space)
-    needed, cap = photos * memory.bytes_per_photo(space, device), memory.memory_cap_bytes(device)
+    # With the room a copy keeps for photos indexed after its load.
+    needed = int(photos * memory.GROWTH) * memory.bytes_per_photo(space, device)
+    cap = memory.memory_cap_bytes(device)
     if needed > cap:
         return "pgvector", f"{photos} photos need {needed >> 20} MB, over the {cap >> 20} MB memory cap"
     if setting == "memory":

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
+
+from ..scores import ScoreParts
 
 
 @dataclass(frozen=True)
@@ -50,10 +53,37 @@ class ScopeScores(Protocol):
 
 @dataclass
 class Ranking:
-    """A ranking's rows, best first (score desc, asset id asc), and how to get its scope's fast
-    scores for the match count: the memory backend hands over the pass that ranked, pgvector
-    scans the scope once more when asked."""
+    """A ranking's photos, best first (score desc, asset id asc), with their exact score parts,
+    and how to get its scope's fast scores for the match count: the memory backend hands over
+    the pass that ranked, pgvector scans the scope once more when asked.
 
-    rows: list[RankedRow]
+    `as_of` is the transaction-id watermark of the data it ranked (the xmin of the snapshot
+    it was read in): every change it cannot reflect was made by a transaction at or above it,
+    so the change feed tells what to check before storing (`retrieval.search.results`)."""
+
+    asset_ids: np.ndarray
+    parts: ScoreParts
     backend: str
     scope_scores: Callable[[], ScopeScores] = field(repr=False)
+    as_of: int | None = None
+
+    @classmethod
+    def empty(cls, backend: str, scope_scores: Callable[[], ScopeScores], as_of: int | None = None) -> Ranking:
+        nothing = np.zeros(0, dtype=np.float32)
+        return cls(np.zeros(0, dtype=np.int64), ScoreParts(nothing, nothing), backend, scope_scores, as_of)
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self.parts.score
+
+    @cached_property
+    def rows(self) -> list[RankedRow]:
+        score = self.parts.score
+        return [RankedRow(asset_id=int(a), score=s, text_score=t, image_score=i)
+                for a, s, t, i in zip(self.asset_ids.tolist(), score, self.parts.text, self.parts.image)]
+
+    def without(self, asset_ids) -> Ranking:
+        """The same ranking less these photos (the rest keep their order)."""
+        keep = ~np.isin(self.asset_ids, np.asarray(list(asset_ids), dtype=np.int64))
+        return Ranking(self.asset_ids[keep], ScoreParts(self.parts.text[keep], self.parts.image[keep]), self.backend,
+                       self.scope_scores, self.as_of)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..scores import ScoreParts, exact_parts
-from .base import RankedRow, ScopeScores
+from .base import ScopeScores
 
 # Float64 sums of a few error terms are off by far less than this; added wherever a bound is
 # compared, so the comparison errs on the side of scoring more photos exactly.
@@ -39,41 +39,33 @@ def _ulp(value: float) -> float:
     return float(np.spacing(np.float32(max(abs(value), 1e-30))))
 
 
-def ranked(query: np.ndarray, split: int, asset_ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, ScoreParts, np.ndarray]:
-    """Exact parts of these photos and their order (score desc, asset id asc)."""
+def ranked(query: np.ndarray, split: int, asset_ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, ScoreParts]:
+    """These photos and their exact parts, best first (score desc, asset id asc)."""
     parts = exact_parts(query, vectors, split)
+    asset_ids = np.asarray(asset_ids, dtype=np.int64)
     order = np.lexsort((asset_ids, -parts.score.astype(np.float64)))
-    return np.asarray(asset_ids), parts, order
-
-
-def rows_of(asset_ids: np.ndarray, parts: ScoreParts, order: np.ndarray) -> list[RankedRow]:
-    score = parts.score
-    return [RankedRow(asset_id=int(asset_ids[i]), score=score[i], text_score=parts.text[i], image_score=parts.image[i])
-            for i in order]
+    return asset_ids[order], ScoreParts(parts.text[order], parts.image[order])
 
 
 def exact_top(fetch: Fetch, size: int, first: int, error: float | None, query: np.ndarray, split: int,
-              top_n: int) -> list[RankedRow]:
-    """The exact top `top_n` of a scope of `size` photos.
+              top_n: int) -> tuple[np.ndarray, ScoreParts]:
+    """The exact top `top_n` of a scope of `size` photos: (asset ids, parts), best first.
 
     `fetch(m)` gives the `m` best photos by fast score, best first: (asset ids, fast scores,
     float16 vectors). `first` is how many to fetch first; `error=None` means the fast order is
     not bounded (an approximate index): the fetched photos are ranked exactly, nothing more.
     """
     n = min(top_n, size)
-    if n <= 0:
-        return []
     m = min(size, max(first, n))
     while True:
         asset_ids, fast, vectors = fetch(m)
-        ids, parts, order = ranked(query, split, asset_ids, vectors)
-        if error is None or len(ids) < m or m >= size:
-            return rows_of(ids, parts, order[:n])
+        ids, parts = ranked(query, split, asset_ids, vectors)
+        n = min(n, len(ids))
+        done = error is None or len(ids) < m or m >= size
         # A photo not fetched scores at most fast[-1] + error, exactly; its exact float32 score
         # must stay below the n-th one (a tie would let the asset id decide) or more are needed.
-        nth = parts.score[order[n - 1]]
-        if _f32(float(fast[-1]) + error + TINY) < nth:
-            return rows_of(ids, parts, order[:n])
+        if done or n == 0 or _f32(float(fast[-1]) + error + TINY) < parts.score[n - 1]:
+            return ids[:n], ScoreParts(parts.text[:n], parts.image[:n])
         m = min(size, 2 * m)
 
 

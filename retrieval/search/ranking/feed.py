@@ -144,6 +144,20 @@ def _halfvec_values(payload: bytes, dim: int) -> np.ndarray:
     return np.frombuffer(payload, dtype=">f2", offset=4, count=dim).astype(np.float16)
 
 
+def changed_since(space: EmbeddingSpace, watermark: int, asset_ids: list[int]) -> set[int]:
+    """Which of these photos the feed names at or above `watermark` (all of them when the log
+    was pruned past it): those whose state may differ from what a snapshot at `watermark` saw."""
+    with binary_cursor() as cursor:
+        cursor.execute(f"""
+            SELECT DISTINCT c.asset_id FROM {CHANGES} c
+            WHERE c.space_id = {int(space.pk)} AND c.xid >= %(since)s::text::xid8 AND c.asset_id = ANY(%(ids)s)
+            UNION ALL
+            SELECT -1 FROM {PRUNED_SEQUENCE} WHERE last_value > %(since)s::bigint
+        """, {"since": str(int(watermark)), "ids": list(asset_ids)}, binary=True)
+        named = {row[0] for row in cursor.fetchall()}
+    return set(asset_ids) if -1 in named else named
+
+
 def count_rows(space: EmbeddingSpace) -> int:
     """Vectors in the space (the size a copy will have)."""
     return AssetEmbedding.objects.filter(space=space).count()

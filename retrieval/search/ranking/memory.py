@@ -363,11 +363,15 @@ def drop_copies() -> None:
 
 def rank(space: EmbeddingSpace, query: np.ndarray, scope: Scope, top_n: int) -> Ranking:
     """The exact top `top_n` of the scope, and the pass's fast scores for the match count."""
-    copy = current_copy(space)
+    return rank_copy(current_copy(space), query, scope, top_n)
+
+
+def rank_copy(copy: SpaceCopy, query: np.ndarray, scope: Scope, top_n: int) -> Ranking:
+    """`rank` on a copy as it is (the benchmark ranks copies it planted on the device)."""
     scores = copy.scores(query, scope)
     n = min(top_n, scores.size)
     if n <= 0:
-        return Ranking([], "memory", lambda: scores)
+        return Ranking.empty("memory", lambda: scores, copy.watermark)
     _, best = scores.top(n)
     # The photos the error bound could bring into the top n, all fetched at once.
     first = scores.count_above(float(best[-1]) - 2 * scores.error - TINY)
@@ -377,8 +381,8 @@ def rank(space: EmbeddingSpace, query: np.ndarray, scope: Scope, top_n: int) -> 
         asset_ids, vectors = scores.photos(positions)
         return asset_ids, fast, vectors
 
-    rows = exact_top(fetch, scores.size, first, scores.error, query, space.vlm_dim, n)
-    return Ranking(rows, "memory", lambda: scores)
+    asset_ids, parts = exact_top(fetch, scores.size, first, scores.error, query, copy.split, n)
+    return Ranking(asset_ids, parts, "memory", lambda: scores, copy.watermark)
 
 
 def report() -> dict:

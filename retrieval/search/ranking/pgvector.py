@@ -129,6 +129,10 @@ def scope_sql(space: EmbeddingSpace, scope: Scope) -> tuple[str, dict]:
     """, params
 
 
+# The watermark of the snapshot the ranking reads (see `Ranking.as_of`), on every row it returns.
+AS_OF = "(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)"
+
+
 def _ranking_sql(space: EmbeddingSpace, scope: Scope, exact: bool) -> tuple[str, dict]:
     dim = int(space.dim)
     embeddings = AssetEmbedding._meta.db_table
@@ -144,13 +148,13 @@ def _ranking_sql(space: EmbeddingSpace, scope: Scope, exact: bool) -> tuple[str,
                 SELECT e.id, e.vector <#> %(query)s::halfvec({dim}) AS distance {scope_from}
                 ORDER BY distance LIMIT %(limit)s
             )
-            SELECT v.asset_id, -hits.distance, halfvec_send(v.vector)
+            SELECT v.asset_id, -hits.distance, halfvec_send(v.vector), {AS_OF}
             FROM hits JOIN "{embeddings}" v ON v.id = hits.id ORDER BY hits.distance, v.asset_id
         """, params
     # Exactly the indexed expression, or the planner ignores the index. The index scan returns
     # whole rows anyway, so the hits keep their vectors.
     return f"""
-        SELECT e.asset_id, -({vector_expression(space)} <#> %(query)s::halfvec({dim})), halfvec_send(e.vector)
+        SELECT e.asset_id, -({vector_expression(space)} <#> %(query)s::halfvec({dim})), halfvec_send(e.vector), {AS_OF}
         {scope_from}
         ORDER BY {vector_expression(space)} <#> %(query)s::halfvec({dim}) LIMIT %(limit)s
     """, params
@@ -218,23 +222,25 @@ def rank(space: EmbeddingSpace, query_vector: np.ndarray, scope: Scope | list[in
     u, scope = checked_query(space, query_vector), Scope.of(scope)
     counted = lambda: scope_scores(space, u, scope)  # noqa: E731
     if top_n < 1 or scope.is_empty:
-        return Ranking([], "pgvector", counted)
+        return Ranking.empty("pgvector", counted)
     if exact is None:
         exact = choose_exact(scope)
     sql, params = _ranking_sql(space, scope, exact)
     half = VectorParam(u, half=True)
+    as_of: list[int] = []
 
     def fetch(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         with _ranking_cursor(exact, m) as cursor:
             cursor.execute(sql, {**params, "query": half, "limit": int(m)}, binary=True)
             rows = cursor.fetchall()
+        as_of[:] = [rows[0][3]] if rows else []
         return (np.array([r[0] for r in rows], dtype=np.int64), np.array([r[1] for r in rows], dtype=np.float64),
                 halfvec_rows([r[2] for r in rows], space.dim))
 
     error = exact_scan_error(space, u) if exact else None
-    rows = exact_top(fetch, np.iinfo(np.int64).max, top_n + FIRST_EXTRA_ROWS if exact else top_n, error, u,
-                     space.vlm_dim, top_n)
-    return Ranking(rows, "pgvector", counted)
+    asset_ids, parts = exact_top(fetch, np.iinfo(np.int64).max, top_n + FIRST_EXTRA_ROWS if exact else top_n, error,
+                                 u, space.vlm_dim, top_n)
+    return Ranking(asset_ids, parts, "pgvector", counted, as_of[0] if as_of else None)
 
 
 # ---------------------------------------------------------------------------- error bounds

@@ -254,7 +254,7 @@ def test_pages_show_the_count_the_matches_and_the_audit(tiny, ann, category, cli
     assert all(r.score >= album.cutoff for r in report.above) and all(r.score < album.cutoff for r in report.below)
     assert [r.state for r in report.above] == ["auto"] * 12 and [r.state for r in report.below] == [""] * 12
     html = client.get(f"/albums/{album.pk}/audit").content.decode()
-    assert f"{album.cutoff:.4f}" in html and html.count('class="result"') == 24
+    assert f"cutoff {str(np.float32(album.cutoff))}" in html and html.count('class="result"') == 24
     assert client.get("/albums/").status_code == 200
 
 
@@ -307,6 +307,12 @@ def test_the_count_the_cutoff_the_results_an_album_and_its_audit_agree_to_the_la
         assert all(r.score < album.cutoff and r.state == "" for r in report.below)
         assert report.above[-1].asset_id == results[count - 1].asset_id
         assert report.below[0].asset_id == results[count].asset_id
+        # The page reads the same: the last photo in shows the cutoff's very number, the first
+        # one out a lower one.
+        page = client.get(f"/albums/{album.pk}/audit").content.decode()
+        shown = str(np.float32(cutoff))
+        assert f'id="audit-cutoff">{shown}<' in page and f"{shown} · auto" in page
+        assert f"{str(np.float32(results[count].score))} · not in" in page and np.float32(results[count].score) < np.float32(cutoff)
 
         # A photo indexed later with the last match's very vector scores the cutoff: it joins.
         last = AssetEmbedding.objects.get(space=tiny, asset_id=results[count - 1].asset_id)

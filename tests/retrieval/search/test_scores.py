@@ -105,9 +105,9 @@ def test_the_exact_top_n_from_a_fast_pass_is_the_brute_force_top_n(scope):
         return ids, values, vectors
 
     for n in (1, 10, 200, 2999, 5000):
-        rows = exact_top(fetch, fast.size, n, fast.error, fast.u, SPLIT, n)
-        assert [r.asset_id for r in rows] == fast.asset_ids[order[:n]].tolist()
-        assert [r.score for r in rows] == exact[order[:n]].tolist()
+        ids, parts = exact_top(fetch, fast.size, n, fast.error, fast.u, SPLIT, n)
+        assert ids.tolist() == fast.asset_ids[order[:n]].tolist()
+        assert np.array_equal(parts.score, exact[order[:n]])
 
 
 def test_the_exact_count_and_cutoff_agree_with_scoring_every_photo(scope):
