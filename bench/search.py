@@ -191,9 +191,10 @@ def true_top(vectors, in_scope, asset_ids: np.ndarray, u: np.ndarray, n: int) ->
     q = torch.from_numpy(u.astype(np.float64)).to(matrix.device)
     mask = torch.as_tensor(in_scope, device=matrix.device)
     best_scores, best_rows = [], []
-    for start in range(0, matrix.shape[0], 200_000):
-        chunk = matrix[start:start + 200_000].double() @ q
-        chunk[~mask[start:start + 200_000]] = -np.inf
+    step = 50_000  # float64 temporaries of ~360 MB
+    for start in range(0, matrix.shape[0], step):
+        chunk = matrix[start:start + step].double() @ q
+        chunk[~mask[start:start + step]] = -np.inf
         values, rows = torch.topk(chunk, min(n, len(chunk)))
         best_scores.append(values)
         best_rows.append(rows + start)

@@ -16,7 +16,7 @@ import numpy as np
 from django.conf import settings
 
 from ..models import EmbeddingSpace, Search
-from .cutoff import HISTOGRAM_BINS, MatchEstimate, ScoreHistogram, fit_mixture
+from .cutoff import HISTOGRAM_BINS, MatchEstimate, fit_mixture
 from .ranking import Ranking
 from .ranking.exact import exact_count
 from .scores import above_float32
@@ -51,12 +51,11 @@ def estimate_scope_matches(space: EmbeddingSpace, u: np.ndarray, ranking: Rankin
                            references: list[np.ndarray], posterior: float) -> tuple[MatchEstimate, int]:
     """(The match estimate over the ranking's whole scope, the photos in scope)."""
     scores = ranking.scope_scores()
-    counts, low, high = scores.histogram(HISTOGRAM_BINS)
-    histogram = ScoreHistogram(counts, low, high)
+    histogram = scores.histogram(HISTOGRAM_BINS)
     fit = fit_mixture(histogram, category_hint(u, space, references, ranking.parts.text))
     count, cutoff = 0, None
     if fit is not None:
-        count, cutoff = exact_count(scores, fit.threshold(posterior, low, high), u, space.vlm_dim)
+        count, cutoff = exact_count(scores, fit.threshold(posterior, histogram.low, histogram.high), u, space.vlm_dim)
     if cutoff is None:  # no match: a cutoff above the best photo
         cutoff = above_float32(ranking.scores[0] if len(ranking.scores) else 0.0)
     mean, std = histogram.mean_std() if histogram.n else (0.0, 0.0)

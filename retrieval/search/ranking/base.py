@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..cutoff import ScoreHistogram
 from ..scores import ScoreParts
 
 
@@ -35,8 +36,8 @@ class ScopeScores(Protocol):
     size: int
     error: float
 
-    def histogram(self, bins: int) -> tuple[np.ndarray, float, float]:
-        """(counts per bin, lowest score, highest score): equal bins from lowest to highest."""
+    def histogram(self, bins: int) -> ScoreHistogram:
+        """The scores' counts in equal bins from the lowest to the highest."""
 
     def count_above(self, score: float) -> int:
         """How many photos score more than `score`."""

@@ -35,6 +35,7 @@ from django.conf import settings
 from retrieval.engine.profiles import get_profile, resolve_device
 
 from ...models import EmbeddingSpace
+from ..cutoff import ScoreHistogram
 from . import feed
 from .base import Ranking
 from .exact import TINY, exact_top
@@ -49,9 +50,12 @@ GROWTH = 1.25
 MAX_DEAD_SHARE = 0.25
 # Per row beside the vector: asset id (8 bytes, host), library id (8), live flag (1).
 ROW_OVERHEAD_BYTES = 17
-# Scopes whose rows are fewer than this share of the copy multiply only their rows (a gather
-# first); larger ones multiply every row and pick theirs.
-GATHER_BELOW_SHARE = 0.5
+# Scopes whose rows are fewer than this share of the copy multiply only their rows (gathered
+# first: the gather reads and writes each row, the product reads it again, so it pays below a
+# third); larger ones multiply every row and pick theirs.
+GATHER_BELOW_SHARE = 0.3
+# The gather's buffer, kept per copy.
+GATHER_BUFFER_BYTES = 64 << 20
 # How long a counted space size is trusted when choosing a backend without a copy.
 SIZE_TTL_SECONDS = 300
 UNIT_ROUNDOFF_16 = 2.0 ** -11
@@ -136,6 +140,7 @@ class SpaceCopy:
         self.loaded_at = time.time()
         self.load_seconds = 0.0
         self._scope_rows: dict[tuple, torch.Tensor] = {}
+        self._buffer: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ loading and the feed
 
@@ -192,11 +197,16 @@ class SpaceCopy:
                vectors: np.ndarray) -> None:
         if not len(rows):
             return
-        index = torch.from_numpy(rows).to(self.device)
         values = torch.from_numpy(np.ascontiguousarray(vectors)).to(self.device, self.dtype)
-        self.vectors[index] = values
-        self.library_ids[index] = torch.from_numpy(library_ids).to(self.device)
-        self.live[index] = torch.from_numpy(live).to(self.device)
+        libraries, flags = torch.from_numpy(library_ids).to(self.device), torch.from_numpy(live).to(self.device)
+        if rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):  # a load's block: a slice
+            where = slice(int(rows[0]), int(rows[-1]) + 1)
+            self.vectors[where], self.library_ids[where], self.live[where] = values, libraries, flags
+        else:
+            index = torch.from_numpy(rows).to(self.device)
+            self.vectors.index_copy_(0, index, values)
+            self.library_ids.index_copy_(0, index, libraries)
+            self.live.index_copy_(0, index, flags)
         self.asset_ids[rows] = asset_ids
         norms = torch.linalg.vector_norm(values.float(), dim=1)
         if len(norms):
@@ -226,8 +236,8 @@ class SpaceCopy:
 
     @property
     def nbytes(self) -> int:
-        capacity = len(self.asset_ids)
-        return (self.vectors.element_size() * self.vectors.nelement() + capacity * ROW_OVERHEAD_BYTES)
+        buffer = 0 if self._buffer is None else self._buffer.element_size() * self._buffer.nelement()
+        return self.vectors.element_size() * self.vectors.nelement() + len(self.asset_ids) * ROW_OVERHEAD_BYTES + buffer
 
     def scope_rows(self, scope: Scope) -> torch.Tensor:
         """Rows of the scope's photos (cached per scope until the copy changes)."""
@@ -250,37 +260,65 @@ class SpaceCopy:
         return rows
 
     def scores(self, query: np.ndarray, scope: Scope) -> MemoryScopeScores:
-        """The fast scores of the scope's photos (one product over the rows that count)."""
+        """The fast scores of the scope's photos: one product, over every row and then the
+        scope's picked (large scopes), or over the scope's rows only (small ones)."""
         rows = self.scope_rows(scope)
         u = np.asarray(query, dtype=np.float32)
-        norm_bound = self.max_norm * (1 + UNIT_ROUNDOFF_32)
-        gamma = self.dim * UNIT_ROUNDOFF_32 / (1 - self.dim * UNIT_ROUNDOFF_32)
-        gather = len(rows) < GATHER_BELOW_SHARE * self.rows
-        matrix = self.vectors[rows] if gather else self.vectors[:self.rows]
-        if self.device.type == "cuda":
-            hi = torch.from_numpy(u).to(self.device, torch.float16)
-            lo = (torch.from_numpy(u).to(self.device) - hi.float()).half()
-            pair = torch.stack([hi, lo], dim=1)
-            if self.dtype == torch.float16:
-                products = torch.mm(matrix, pair, out_dtype=torch.float32)
-            else:
-                products = matrix @ pair.float()
-            fast = products.sum(dim=1)
-            left = u.astype(np.float64) - (hi.double() + lo.double()).cpu().numpy()
-            error = (float(np.linalg.norm(left)) * norm_bound
-                     + gamma * (float(hi.double().norm()) + float(lo.double().norm())) * norm_bound)
-            error += 2 * UNIT_ROUNDOFF_32 * (float(fast.abs().max()) if len(fast) else 0.0)  # the pair's sum
+        operand = self._operand(u)
+        if len(rows) < GATHER_BELOW_SHARE * self.rows:
+            fast = self._product_of_rows(rows, operand)
         else:
-            q = torch.from_numpy(u).to(self.dtype)
-            fast = matrix @ q
-            error = gamma * float(q.double().norm()) * norm_bound
-            if self.dtype == torch.float16:
-                error += float(np.linalg.norm(u.astype(np.float64) - q.double().numpy())) * norm_bound
-                largest = float(fast.abs().max()) if len(fast) else 0.0
-                error += UNIT_ROUNDOFF_16 * (largest + error) + 2.0 ** -25  # the float16 result
-        if not gather:
-            fast = fast[rows]
-        return MemoryScopeScores(self, rows, fast.double(), error * 1.01 + TINY)
+            # index_select, not `fast[rows]`: generic indexing is several times slower on CPU.
+            fast = self._product(self.vectors[:self.rows], operand).index_select(0, rows)
+        return MemoryScopeScores(self, rows, fast.double(), self._error(u, operand, fast))
+
+    def _operand(self, u: np.ndarray) -> torch.Tensor:
+        """The query as the product takes it: float16 on CPU (float32 rows: float32); on CUDA
+        its float16 head and tail (hi + lo = u to ~2⁻²² of it), two columns of one product."""
+        exact = torch.from_numpy(u).to(self.device)
+        if self.dtype != torch.float16:
+            return exact
+        head = exact.half()
+        if self.device.type != "cuda":
+            return head
+        return torch.stack([head, (exact - head.float()).half()], dim=1)
+
+    def _product(self, matrix: torch.Tensor, operand: torch.Tensor) -> torch.Tensor:
+        if operand.dim() == 2:  # CUDA: float16 inputs, float32 sums and output
+            return torch.mm(matrix, operand, out_dtype=torch.float32).sum(dim=1)
+        return matrix @ operand
+
+    def _product_of_rows(self, rows: torch.Tensor, operand: torch.Tensor) -> torch.Tensor:
+        """The product over some rows, gathered a block at a time into one buffer kept for the
+        next ranking: on CPU a fresh buffer per ranking costs more in page faults than the
+        product itself (bench/search.py)."""
+        block = max(1, GATHER_BUFFER_BYTES // (self.dim * self.vectors.element_size()))
+        if self._buffer is None:
+            self._buffer = torch.empty((block, self.dim), dtype=self.dtype, device=self.device)
+        parts = []
+        for start in range(0, len(rows), block):
+            picked = rows[start:start + block]
+            buffer = self._buffer[:len(picked)]
+            torch.index_select(self.vectors, 0, picked, out=buffer)
+            parts.append(self._product(buffer, operand))
+        if not parts:
+            return torch.zeros(0, dtype=torch.float32, device=self.device)
+        return torch.cat(parts)
+
+    def _error(self, u: np.ndarray, operand: torch.Tensor, fast: torch.Tensor) -> float:
+        """The bound on |fast - exact| of the module docstring, for every row of this copy."""
+        norm = self.max_norm * (1 + UNIT_ROUNDOFF_32)
+        gamma = self.dim * UNIT_ROUNDOFF_32 / (1 - self.dim * UNIT_ROUNDOFF_32)
+        columns = operand.double().reshape(len(u), -1)
+        represented = columns.sum(dim=1).cpu().numpy()
+        error = (float(np.linalg.norm(u.astype(np.float64) - represented)) * norm
+                 + gamma * float(columns.norm(dim=0).sum()) * norm)
+        largest = float(fast.abs().max()) if len(fast) else 0.0
+        if fast.dtype == torch.float16:  # the result rounded to float16
+            error += UNIT_ROUNDOFF_16 * (largest + error) + 2.0 ** -25
+        elif columns.shape[1] == 2:  # the two columns' float32 sum
+            error += UNIT_ROUNDOFF_32 * (largest + error)
+        return error * 1.01 + TINY
 
 
 class MemoryScopeScores:
@@ -290,15 +328,15 @@ class MemoryScopeScores:
         self.copy, self.rows, self.fast, self.error = copy, rows, fast, error
         self.size = len(rows)
 
-    def histogram(self, bins: int) -> tuple[np.ndarray, float, float]:
+    def histogram(self, bins: int) -> ScoreHistogram:
+        """Counted on the device: only the bins come back."""
         if not self.size:
-            return np.zeros(bins, dtype=np.int64), 0.0, 0.0
+            return ScoreHistogram.of(np.zeros(0), bins)
         low, high = float(self.fast.min()), float(self.fast.max())
-        counts = torch.histc(self.fast, bins=bins, min=low, max=high) if high > low else None
-        if counts is None:
-            counts = torch.zeros(bins, dtype=torch.float64)
-            counts[0] = self.size
-        return counts.cpu().numpy().astype(np.int64), low, high
+        if high <= low:
+            return ScoreHistogram.of(np.full(self.size, low), bins)
+        counts = torch.histc(self.fast, bins=bins, min=low, max=high)
+        return ScoreHistogram(counts.cpu().numpy().astype(np.int64), low, high)
 
     def count_above(self, score: float) -> int:
         return int((self.fast > score).sum())
@@ -311,8 +349,8 @@ class MemoryScopeScores:
         return torch.nonzero((self.fast >= low) & (self.fast <= high)).squeeze(1).cpu().numpy()
 
     def photos(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rows = self.rows[torch.from_numpy(np.asarray(positions, dtype=np.int64)).to(self.copy.device)]
-        vectors = self.copy.vectors[rows].to(torch.float16).cpu().numpy()
+        rows = self.rows.index_select(0, torch.from_numpy(np.asarray(positions, dtype=np.int64)).to(self.copy.device))
+        vectors = self.copy.vectors.index_select(0, rows).to(torch.float16).cpu().numpy()
         return self.copy.asset_ids[rows.cpu().numpy()], vectors
 
 

@@ -46,6 +46,7 @@ from assets.models import Asset
 from ...indexing.vector_index import vector_expression
 from ...models import AssetEmbedding, EmbeddingSpace
 from ...vector_params import VectorParam, binary_cursor
+from ..cutoff import ScoreHistogram
 from .base import Ranking
 from .exact import TINY, exact_top
 from .scope import Scope
@@ -284,12 +285,8 @@ class ArrayScopeScores:
         self.space, self.asset_ids, self.fast, self.error = space, asset_ids, fast, error
         self.size = len(asset_ids)
 
-    def histogram(self, bins: int) -> tuple[np.ndarray, float, float]:
-        if not self.size:
-            return np.zeros(bins, dtype=np.int64), 0.0, 0.0
-        low, high = float(self.fast.min()), float(self.fast.max())
-        scaled = (self.fast - low) * (bins / (high - low)) if high > low else np.zeros(self.size)
-        return np.bincount(np.minimum(scaled.astype(np.int64), bins - 1), minlength=bins), low, high
+    def histogram(self, bins: int) -> ScoreHistogram:
+        return ScoreHistogram.of(self.fast, bins)
 
     def count_above(self, score: float) -> int:
         return int(np.count_nonzero(self.fast > score))

@@ -67,9 +67,6 @@ class FastScores:
         self.fast = exact + error * rng.choice([-1.0, 1.0, 0.3, -0.7], size=len(vectors))
         self.error, self.size = error * 1.000001, len(vectors)
 
-    def histogram(self, bins):  # not used by exact.py
-        raise NotImplementedError
-
     def count_above(self, score):
         return int((self.fast > score).sum())
 
