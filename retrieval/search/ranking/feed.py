@@ -22,7 +22,10 @@ reloads: the identity changed (the server restarted, the database or a table was
 table was truncated, the space was dropped or re-created), the watermark went backwards (a
 restore), or the log was pruned past its watermark (`prune_changes`, run by the stale-work
 sweep, deletes rows older than CLETIR_RANK_FEED_KEEP_SECONDS and moves
-`retrieval_ranking_pruned` up to the highest transaction id it deleted).
+`retrieval_ranking_pruned` past the highest transaction id it deleted).
+
+The same log tells the check before a search's results are stored which ranked photos changed
+since the snapshot the ranking read (`changed_since`).
 """
 from __future__ import annotations
 
@@ -93,10 +96,6 @@ def header(space: EmbeddingSpace) -> FeedHeader:
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT {_header_columns(space.pk)}")
         return _parse_header(*cursor.fetchone())
-
-
-def space_exists(identity: tuple) -> bool:
-    return identity[-1] is not None
 
 
 def changes_since(space: EmbeddingSpace, watermark: int) -> Changes:
