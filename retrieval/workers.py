@@ -59,6 +59,10 @@ def report_ranking() -> None:
             [PROCESS_HOSTNAME, os.getpid(), report])
 
 
+def forget_worker(hostname: str) -> None:
+    WorkerHeartbeat.objects.filter(hostname=hostname).delete()
+
+
 def workers_seen() -> list[dict]:
     """Workers whose heartbeat is younger than twice the heartbeat interval."""
     cutoff = timezone.now() - timedelta(seconds=2 * settings.CLETIR_WORKER_HEARTBEAT_SECONDS)
