@@ -16,8 +16,9 @@ the database (`retrieval.search.results`): a stale copy can cost a re-rank, neve
 Error bound of the fast pass, for a photo vector e and the query u: on CPU the query is rounded
 to float16 (q) and the product accumulated in float32 then rounded to float16, so
 |fast - <u, e>| <= ‖u - q‖·‖e‖ + γ_n·‖q‖·‖e‖ + 2⁻¹¹·|fast| + 2⁻²⁵ (γ_n = n·2⁻²⁴/(1 - n·2⁻²⁴),
-‖e‖ at most the copy's largest row norm); on CUDA u is split into two float16 halves
-(u ≈ hi + lo) multiplied in one float32-output product, which leaves the accumulation term.
+‖e‖ at most the copy's largest row norm); on CUDA u is split into two float16 parts, a head
+and a tail that add up to u within ~2⁻²² of it, multiplied as two columns of one product with
+float32 output, which leaves little more than the accumulation term.
 A device that accumulated float16 products in float16 would break the bound: each process
 checks once (`_accumulates_in_float32`) and keeps float32 rows where it does.
 """
