@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 PROJECT = Path(__file__).resolve().parent.parent
 BENCH_USER = "bench-export"
 sys.path.insert(0, str(PROJECT))
@@ -54,7 +56,10 @@ def one_padded_photo(path: Path, megabytes: int) -> None:
 def plant_search(user, media_root: Path, source: Path, count: int):
     """A finished search whose `count` matches are photos hard-linked to `source`."""
     from assets.models import Asset, Library
-    from retrieval.models import Search, SearchResult
+    from django.db import transaction
+
+    from retrieval.models import Search
+    from retrieval.search.results import store_results
 
     library = Library.objects.create(name=f"bench export {count}", owner=user)
     folder = media_root / "libraries" / str(library.pk)
@@ -69,11 +74,10 @@ def plant_search(user, media_root: Path, source: Path, count: int):
     search = Search.objects.create(user=user, text="boat", k=4, status=Search.Status.DONE, result_count=count,
                                    match_count=count, match_cutoff=0.1)
     search.libraries.add(library)
-    SearchResult.objects.bulk_create([
-        SearchResult(search=search, asset=asset, rank=rank, score=1 - rank / (2 * count), text_score=0.3,
-                     image_score=0.7 - rank / (2 * count))
-        for rank, asset in enumerate(assets, start=1)
-    ], batch_size=2000)
+    ranks = np.arange(1, count + 1)
+    with transaction.atomic():
+        store_results(search, np.array([a.pk for a in assets]), 1 - ranks / (2 * count), np.full(count, 0.3),
+                      0.7 - ranks / (2 * count))
     return search
 
 

@@ -1,32 +1,37 @@
-"""Search benchmark: the pgvector HNSW ranking at 10k and 100k photos, and one whole search.
+"""Search benchmark: the memory and pgvector ranking backends side by side, and whole searches.
 
-    .venv/bin/python bench/search.py [--sizes 10000,100000] [--queries 50]
-        [--m 16] [--ef-construction 64] [--no-search]
+    .venv/bin/python bench/search.py [--sizes 10000,100000] [--backend memory,pgvector]
+        [--device cpu|cuda] [--queries 50] [--db-max 1000000] [--hnsw-max 300000]
+        [--threads N] [--m 16] [--ef-construction 64] [--no-search]
 
 Runs on a throw-away database of the project's Postgres (created and dropped here).
 
 Ranking: planted fused photo vectors e = [I(x); V(x)] with the `default` profile's dims
-(512 + 384 = 896, each half unit-norm) are loaded with binary COPY, then the space's HNSW
-index is built (timed). The vectors are clustered like real ones: 200 categories, each half is
+(512 + 384 = 896, each half unit-norm), clustered like real ones: 200 categories, each half is
 a shared direction (the anisotropy of CLIP / DINOv2 features) + the category's direction +
 per-photo noise; a query is u = [(1-λ)t; λq] with a text vector t in its own region (the
 modality gap) and a proxy vector q near its category, λ = 0.5. The photos sit in 10 libraries
-of 10% each. Every query goes through `retrieval.search.ranking.rank` exactly as a search does (the
-join on assets, the library filter, the score parts), timed around the call:
+of 10% each. For each size:
 
-* "all libraries": top 100 over every library; recall@100 against `rank(exact=True)`;
-* "1 library (10%)": the same through the library filter (iterative index scan): rows returned
-  and recall against the exact filtered ranking;
-* "top 1000": what a search stores by default (CLETIR_SEARCH_TOP_N), recall@1000;
-* "exact scan": `rank(exact=True)`, the baseline.
+* up to --db-max photos the vectors go into the database (binary COPY, timed), the memory
+  backend loads its copy from there (timed: what a worker pays once per space) and, up to
+  --hnsw-max, the space's HNSW index is built (timed) for the pgvector backend;
+* above --db-max (a GPU's sizes) the vectors are generated on the device and the copy is built
+  from them: the memory backend alone, no database.
+
+Every query goes through `retrieval.search.ranking` as a search calls it (the memory backend
+reads its change feed first; pgvector ranks small scopes exactly and large ones through the
+graph), timed around the call. Recall is against the exact top N (every photo of the scope
+scored in float64). "+ count" adds the match count over the whole scope (`matches.
+estimate_scope_matches`: the memory backend's from its own pass, pgvector's with one more scan).
 
 Whole search: the `run_search` task body with the full-size random-weight `default-random`
-models on this CPU, over the 100k planted photos (the space is the real one of that profile):
-models loaded once (a worker does this once per process), then a cold search (generates its
-proxies), repeated queries (cached proxies and text, median of REPEATS), and a new worker's view
-of a cached query (cached proxies, text encoded). Stage seconds are the task's own `Search.timings`; "store" and
-"total" end after the commit that makes the results readable; "task wall" also counts the match
-count that follows.
+models on this CPU over the largest database size (the space is the real one of that profile),
+for each backend: models loaded once (a worker does this once per process), then a cold search
+(generates its proxies), repeated queries (cached proxies and text, median of REPEATS), and a
+new worker's view of a cached query (text encoded). Stage seconds are the task's own
+`Search.timings`; "total" ends after the commit that makes the results readable, "with count"
+adds the match count stored after it.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -50,6 +56,9 @@ CATEGORIES = 200
 LIBRARIES = 10
 LAMBDA = 0.5
 PG_EPOCH_US = 946_684_800 * 1_000_000  # 2000-01-01 in Unix microseconds (binary timestamptz)
+CASES = [("all libraries, top 100", False, 100, False), ("1 library (10%), top 100", True, 100, False),
+         ("all libraries, top 1000", False, 1000, False), ("1 library (10%), top 1000", True, 1000, False),
+         ("all libraries, top 1000 + count", False, 1000, True)]
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -68,8 +77,8 @@ class PlantedData:
     def _noise(self, n: int, d: int) -> np.ndarray:
         return self.rng.standard_normal((n, d)) / np.sqrt(d)  # norm ~1 per row
 
-    def photos(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(vectors (n, 896) float16, category per photo)."""
+    def photos(self, n: int) -> np.ndarray:
+        """(n, 896) float16 vectors."""
         cats = self.rng.integers(0, CATEGORIES, n)
         out = np.empty((n, VLM_DIM + VISION_DIM), dtype=np.float16)
         for start in range(0, n, 20_000):  # bounded float64 temporaries
@@ -78,7 +87,27 @@ class PlantedData:
             i_half = _unit(0.6 * self.shared_i + 0.6 * self.centres_i[c] + 0.5 * self._noise(m, VLM_DIM))
             v_half = _unit(0.4 * self.shared_v + 0.7 * self.centres_v[c] + 0.6 * self._noise(m, VISION_DIM))
             out[start:start + m] = np.concatenate([i_half, v_half], axis=1)
-        return out, cats
+        return out
+
+    def photos_on(self, n: int, device):
+        """The same kind of vectors, generated on `device` as float16 (sizes beyond the database)."""
+        import torch
+
+        generator = torch.Generator(device=device).manual_seed(int(self.rng.integers(2**31)))
+        shared_i, shared_v = (torch.from_numpy(x).float().to(device) for x in (self.shared_i, self.shared_v))
+        centres_i, centres_v = (torch.from_numpy(x).float().to(device) for x in (self.centres_i, self.centres_v))
+        out = torch.empty((n, VLM_DIM + VISION_DIM), dtype=torch.float16, device=device)
+        for start in range(0, n, 500_000):
+            m = min(500_000, n - start)
+            c = torch.randint(0, CATEGORIES, (m,), device=device, generator=generator)
+
+            def half(shared, centres, a, b, noise, d):
+                x = a * shared + b * centres[c] + noise * torch.randn((m, d), device=device, generator=generator) / d ** 0.5
+                return x / x.norm(dim=1, keepdim=True)
+
+            out[start:start + m, :VLM_DIM] = half(shared_i, centres_i, 0.6, 0.6, 0.5, VLM_DIM).half()
+            out[start:start + m, VLM_DIM:] = half(shared_v, centres_v, 0.4, 0.7, 0.6, VISION_DIM).half()
+        return out
 
     def queries(self, count: int) -> np.ndarray:
         """(count, 896) float32 query vectors u = [(1-λ)t; λq]."""
@@ -128,6 +157,22 @@ def copy_embeddings(cursor, space_id: int, asset_ids: np.ndarray, vectors: np.nd
         copy.write(binary_copy.TRAILER)
 
 
+def planted_copy(vectors, library_of, asset_ids, device):
+    """A memory copy built straight from tensors on the device (no database)."""
+    import torch
+
+    from retrieval.search.ranking.memory import SpaceCopy
+
+    space = SimpleNamespace(pk=0, dim=VLM_DIM + VISION_DIM, vlm_dim=VLM_DIM)
+    copy = SpaceCopy(space, device, capacity=0)
+    copy.vectors = vectors.to(copy.dtype)
+    copy.library_ids = torch.as_tensor(library_of, dtype=torch.int64, device=device)
+    copy.live = torch.ones(len(asset_ids), dtype=torch.bool, device=device)
+    copy.asset_ids, copy.rows = np.asarray(asset_ids), len(asset_ids)
+    copy.max_norm = float(torch.linalg.vector_norm(vectors.float(), dim=1).max())
+    return copy
+
+
 # ---------------------------------------------------------------------------- measuring
 
 
@@ -137,100 +182,157 @@ def timed(fn):
     return value, (time.perf_counter() - start) * 1000
 
 
-def recall(approx: list, exact: list) -> float:
-    return len({r.asset_id for r in approx} & {r.asset_id for r in exact}) / max(1, len(exact))
+def true_top(vectors, in_scope, asset_ids: np.ndarray, u: np.ndarray, n: int) -> set[int]:
+    """The exact top n of the scope: every photo scored in float64 (in chunks), on the vectors'
+    device (a torch tensor) or in numpy."""
+    import torch
+
+    matrix = vectors if isinstance(vectors, torch.Tensor) else torch.from_numpy(vectors)
+    q = torch.from_numpy(u.astype(np.float64)).to(matrix.device)
+    mask = torch.as_tensor(in_scope, device=matrix.device)
+    best_scores, best_rows = [], []
+    step = 50_000  # float64 temporaries of ~360 MB
+    for start in range(0, matrix.shape[0], step):
+        chunk = matrix[start:start + step].double() @ q
+        chunk[~mask[start:start + step]] = -np.inf
+        values, rows = torch.topk(chunk, min(n, len(chunk)))
+        best_scores.append(values)
+        best_rows.append(rows + start)
+    scores, rows = torch.cat(best_scores), torch.cat(best_rows)
+    keep = torch.topk(scores, n).indices
+    return set(asset_ids[rows[keep].cpu().numpy()].tolist())
 
 
-def bench_size(size: int, space, libraries: list[int], data: PlantedData, queries: int, m: int,
-               ef_construction: int, first_id: int) -> tuple[list[dict], dict]:
+def bench_cases(rank_with, queries, vectors, library_of, asset_ids, libraries, truth_cache) -> dict:
+    """{case: {"p50", "p95", "recall"}} for one backend (`rank_with(u, libs, n, count)` -> rows)."""
+    out = {}
+    for label, one_library, n, count in CASES:
+        scope_libraries = libraries[:1] if one_library else libraries
+        in_scope = np.isin(library_of, scope_libraries)
+        latencies, recalls = [], []
+        for i, u in enumerate(queries):
+            rows, ms = timed(lambda: rank_with(u, scope_libraries, n, count))
+            key = (label.replace(" + count", ""), i)
+            if key not in truth_cache:
+                truth_cache[key] = true_top(vectors, in_scope, asset_ids, u, n)
+            latencies.append(ms)
+            recalls.append(len({r.asset_id for r in rows} & truth_cache[key]) / n)
+        out[label] = {"p50": np.percentile(latencies, 50), "p95": np.percentile(latencies, 95),
+                      "recall": float(np.mean(recalls))}
+    return out
+
+
+def bench_size(size: int, space, libraries: list[int], data: PlantedData, args, first_id: int, device) -> dict:
+    """Load, build, and time every case for both backends at one size."""
+    from django.conf import settings
     from django.db import connection
 
-    from retrieval.search.ranking import explain, rank
+    from retrieval.search.matches import estimate_scope_matches
+    from retrieval.search.ranking import memory, pgvector, rank
+    from retrieval.search.ranking.memory import rank_copy
+    from retrieval.search.ranking.scope import Scope
     from retrieval.indexing.vector_index import ensure_space_index, index_name
 
-    vectors, _ = data.photos(size)
+    result = {"size": size, "backends": {}}
+    in_database = size <= args.db_max
     asset_ids = np.arange(first_id, first_id + size, dtype=np.int64)
     library_of = np.asarray(libraries)[data.rng.integers(0, len(libraries), size)]
-    start = time.perf_counter()
-    with connection.cursor() as cursor:
-        copy_assets(cursor.cursor, first_id, library_of)
-        copy_embeddings(cursor.cursor, space.pk, asset_ids, vectors)
-    load_s = time.perf_counter() - start
-    with connection.cursor() as cursor:
-        # What a bulk load is followed by: without it, the first queries write hint bits on
-        # every page they touch and autovacuum starts in the middle of the measurements.
-        cursor.execute("VACUUM (ANALYZE)")
-    with connection.cursor() as cursor:
-        # The graph must fit in maintenance_work_mem or the build slows down many times over.
-        cursor.execute("SET maintenance_work_mem = '2GB'")
-        cursor.execute(f"SET max_parallel_maintenance_workers = {max(1, (os.cpu_count() or 2) - 1)}")
-    _, build_ms = timed(lambda: ensure_space_index(space, m=m, ef_construction=ef_construction))
-    with connection.cursor() as cursor:
-        cursor.execute("ANALYZE")
-        cursor.execute("SELECT pg_relation_size(%s)", [index_name(space)])
-        index_mb = cursor.fetchone()[0] / 1e6
+    queries = data.queries(args.queries)
+    truth_cache: dict = {}
+    posterior = settings.CLETIR_MATCH_POSTERIOR
 
-    qs = data.queries(queries)
-    one_library = [libraries[0]]
-    for u in qs[:5]:  # warm the caches (index pages, plans)
-        rank(space, u, libraries, 100)
-        rank(space, u, one_library, 100)
-        rank(space, u, libraries, 100, exact=True)
-    # method None: what a search does (exact for scopes of at most CLETIR_EXACT_RANK_MAX_ROWS
-    # photos, the graph above); False: always the graph, to show what it does on its own.
-    cases = {
-        "all libraries, top 100, HNSW": (libraries, 100, False),
-        "all libraries, top 100, as searched": (libraries, 100, None),
-        "1 library (10%), top 100, HNSW": (one_library, 100, False),
-        "1 library (10%), top 100, as searched": (one_library, 100, None),
-        "all libraries, top 1000, as searched": (libraries, 1000, None),
-    }
-    rows = []
-    exact_ms = []
-    for label, (libs, n, method) in cases.items():
-        latencies, recalls, returned = [], [], []
-        for u in qs:
-            approx, ms = timed(lambda: rank(space, u, libs, n, exact=method))
-            exact, ems = timed(lambda: rank(space, u, libs, n, exact=True))
-            if label == "all libraries, top 100, HNSW":
-                exact_ms.append(ems)
-            latencies.append(ms)
-            recalls.append(recall(approx, exact))
-            returned.append(len(approx) / max(1, len(exact)))
-        plan = explain(space, qs[0], libs, n, exact=method)
-        rows.append({
-            "size": size, "case": label, "p50": np.percentile(latencies, 50), "p95": np.percentile(latencies, 95),
-            "recall": float(np.mean(recalls)), "returned": float(np.min(returned)),
-            "index": index_name(space) in plan,
-        })
-    rows.append({"size": size, "case": "exact scan, all libraries, top 100", "p50": np.percentile(exact_ms, 50),
-                 "p95": np.percentile(exact_ms, 95), "recall": 1.0, "returned": 1.0, "index": False})
-    build = {"size": size, "load_s": load_s, "build_s": build_ms / 1000, "index_mb": index_mb}
-    return rows, build
+    if in_database:
+        vectors = data.photos(size)
+        start = time.perf_counter()
+        with connection.cursor() as cursor:
+            copy_assets(cursor.cursor, first_id, library_of)
+            copy_embeddings(cursor.cursor, space.pk, asset_ids, vectors)
+        result["load_s"] = time.perf_counter() - start
+        with connection.cursor() as cursor:
+            # What a bulk load is followed by: without it, the first queries write hint bits on
+            # every page they touch and autovacuum starts in the middle of the measurements.
+            cursor.execute("VACUUM (ANALYZE)")
+        if "pgvector" in args.backends and size <= args.hnsw_max:
+            with connection.cursor() as cursor:
+                # The graph must fit in maintenance_work_mem or the build slows down many times over.
+                cursor.execute("SET maintenance_work_mem = '2GB'")
+                cursor.execute(f"SET max_parallel_maintenance_workers = {max(1, (os.cpu_count() or 2) - 1)}")
+            _, build_ms = timed(lambda: ensure_space_index(space, m=args.m, ef_construction=args.ef_construction))
+            with connection.cursor() as cursor:
+                cursor.execute("ANALYZE")
+                cursor.execute("SELECT pg_relation_size(%s)", [index_name(space)])
+                result["index_mb"] = cursor.fetchone()[0] / 1e6
+            result["build_s"] = build_ms / 1000
+        if "memory" in args.backends:
+            memory.drop_copies()
+            copy = memory.SpaceCopy.load(space, device)
+            result["copy_load_s"], result["copy_mb"] = copy.load_seconds, copy.nbytes / 2**20
+            del copy
+    else:
+        vectors = data.photos_on(size, device)
+
+    def count_of(ranking, u):
+        estimate_scope_matches(space, u, ranking, [], posterior)
+
+    if "memory" in args.backends:
+        if in_database:
+            memory.drop_copies()
+            memory._copies[space.pk] = memory.SpaceCopy.load(space, device)
+
+            def with_memory(u, libs, n, count):
+                ranking = rank(space, u, libs, n, backend="memory")
+                if count:
+                    count_of(ranking, u)
+                return ranking.rows
+        else:
+            copy = planted_copy(vectors, library_of, asset_ids, device)
+            result["copy_mb"] = copy.nbytes / 2**20
+
+            def with_memory(u, libs, n, count):
+                ranking = rank_copy(copy, u, Scope(tuple(libs)), n)
+                if count:
+                    count_of(ranking, u)
+                return ranking.rows
+        for u in queries[:3]:
+            with_memory(u, libraries, 1000, True)  # warm the caches
+        result["backends"]["memory"] = bench_cases(with_memory, queries, vectors, library_of, asset_ids, libraries,
+                                                   truth_cache)
+        memory.drop_copies()
+    if "pgvector" in args.backends and in_database and size <= args.hnsw_max:
+        def with_pgvector(u, libs, n, count):
+            ranking = rank(space, u, libs, n, backend="pgvector")
+            if count:
+                count_of(ranking, u)
+            return ranking.rows
+
+        for u in queries[:3]:
+            with_pgvector(u, libraries, 1000, False)
+        result["backends"]["pgvector"] = bench_cases(with_pgvector, queries, vectors, library_of, asset_ids, libraries,
+                                                     truth_cache)
+        result["methods"] = {label: ("exact" if pgvector.choose_exact(libraries[:1] if one else libraries) else "HNSW")
+                             for label, one, _, _ in CASES}
+    return result
 
 
 # ---------------------------------------------------------------------------- whole search
 
 
-STAGES = ["text", "proxies_lookup", "generation", "proxy_embedding", "aggregation", "ranking", "store", "total"]
-
-
+STAGES = ["text", "proxies_lookup", "generation", "aggregation", "ranking", "store", "total", "matches"]
 REPEATS = 7
 
 
-def bench_whole_search(user, libraries: list[int]) -> tuple[float, list[tuple[str, dict, float]]]:
-    """(model load seconds, [(label, stage seconds, task wall ms)]); the repeated searches'
-    figures are medians over REPEATS runs."""
-    from retrieval.search import inputs as search_inputs
-    from retrieval.engine.encoders import load_encoders
-    from retrieval.engine.generator import load_generator
+def bench_whole_search(user, backend: str) -> list[tuple[str, dict, float]]:
+    """[(label, stage seconds, task wall ms)]; the repeated searches' figures are medians over
+    REPEATS runs. Models are loaded already."""
+    from django.conf import settings
+
     from retrieval.models import Search
+    from retrieval.search import inputs as search_inputs
+    from retrieval.search.ranking import memory
     from retrieval.search.tasks import run_search
 
-    start = time.perf_counter()
-    load_encoders("default-random")
-    load_generator("default-random")
-    load_s = time.perf_counter() - start
+    settings.CLETIR_RANK_BACKEND = backend
+    memory.drop_copies()
 
     def search(text: str) -> tuple[dict, float]:
         row = Search.objects.create(user=user, text=text, k=4, seed=0, top_n=1000)
@@ -241,30 +343,46 @@ def bench_whole_search(user, libraries: list[int]) -> tuple[float, list[tuple[st
 
     def median(runs: list[tuple[dict, float]]) -> tuple[dict, float]:
         stages = {k: float(np.median([t[k] for t, _ in runs])) for k in STAGES if k in runs[0][0]}
+        stages["with count"] = float(np.median([t["total"] + t.get("matches", 0.0) for t, _ in runs]))
         return stages, float(np.median([ms for _, ms in runs]))
 
-    rows = [("cold: proxies generated", *search("golden retriever"))]
+    search("lighthouse")  # the worker's first search: loads its copy (memory) or warms the caches
+    rows = [("cold: proxies generated", *search(f"golden retriever {backend}"))]
+    rows[0][1]["with count"] = rows[0][1]["total"] + rows[0][1].get("matches", 0.0)
     # Both spellings normalise to the same query: the second reuses the first one's proxies.
-    repeats = [search("golden retriever" if i % 2 else "Golden  Retriever") for i in range(REPEATS)]
+    repeats = [search(f"golden retriever {backend}" if i % 2 else f"Golden  Retriever {backend}") for i in range(REPEATS)]
     rows.append((f"cached proxies + text (median of {REPEATS})", *median(repeats)))
     search_inputs.text_vectors.clear()
-    rows.append(("cached proxies, text encoded (a new worker)", *search("golden retriever")))
-    return load_s, rows
+    new = search(f"golden retriever {backend}")
+    new[0]["with count"] = new[0]["total"] + new[0].get("matches", 0.0)
+    rows.append(("cached proxies, text encoded (a new worker)", *new))
+    return rows
 
 
 # ---------------------------------------------------------------------------- main
 
 
+def _ms(value: float | None) -> str:
+    return "–" if value is None else (f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--backend", default="memory,pgvector", help="memory, pgvector or both (comma-separated)")
+    parser.add_argument("--device", default="cpu", help="the memory backend's device: cpu or cuda")
     parser.add_argument("--queries", type=int, default=50)
+    parser.add_argument("--db-max", type=int, default=1_000_000, help="larger sizes: memory only, vectors on the device")
+    parser.add_argument("--hnsw-max", type=int, default=300_000, help="larger sizes: no HNSW index, no pgvector")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--m", type=int, default=None, help="HNSW m (default: vector_index's)")
     parser.add_argument("--ef-construction", type=int, default=None, help="HNSW ef_construction (default: vector_index's)")
     parser.add_argument("--no-search", action="store_true", help="skip the whole search with default-random")
     args = parser.parse_args()
+    args.backends = [b.strip() for b in args.backend.split(",") if b.strip()]
 
     import django
+    import torch
 
     django.setup()
     from django.conf import settings
@@ -275,19 +393,22 @@ def main() -> None:
     from assets.models import Library
     from cletir_site.embedded_postgres import start_configured
     from retrieval.engine.build_models import build_profile
+    from retrieval.indexing.vector_index import DEFAULT_EF_CONSTRUCTION, DEFAULT_M, drop_space_index
     from retrieval.models import EmbeddingSpace
-    from retrieval.search.ranking import ef_search_for
-    from retrieval.indexing.vector_index import DEFAULT_EF_CONSTRUCTION, DEFAULT_M
+    from retrieval.search.ranking.pgvector import ef_search_for
 
     start_configured()  # the embedded Postgres, when DATABASE_URL is unset
-    m = args.m or DEFAULT_M
-    ef_construction = args.ef_construction or DEFAULT_EF_CONSTRUCTION
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    args.m = args.m or DEFAULT_M
+    args.ef_construction = args.ef_construction or DEFAULT_EF_CONSTRUCTION
     setup_test_environment()
     workdir = Path(tempfile.mkdtemp(prefix="cletir-bench-search-"))
     settings.MEDIA_ROOT = workdir / "media"
     old_name = connection.settings_dict["NAME"]
     connection.creation.create_test_db(verbosity=0)
-    rows, builds, whole = [], [], None
+    results, whole = [], {}
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_setting('shared_buffers'), version()")
         shared_buffers, version = cursor.fetchone()
@@ -296,17 +417,17 @@ def main() -> None:
         libraries = [Library.objects.create(name=f"library {i}", owner=user).pk for i in range(LIBRARIES)]
         data = PlantedData()
         sizes = [int(s) for s in args.sizes.split(",")]
+        database_sizes = [s for s in sizes if s <= args.db_max]
+        whole_size = max(database_sizes) if database_sizes and not args.no_search else None
         first_id = 1
         for size in sizes:
-            if size == max(sizes) and not args.no_search:
-                # The largest set lives in the real space of default-random, so the whole
-                # search below ranks over it.
+            if size == whole_size:
+                # The largest database set lives in the real space of default-random, so the
+                # whole search below ranks over it.
                 from retrieval.indexing.spaces import space_for_profile
 
                 build_profile("default-random")  # built once, kept in CLETIR_MODEL_DIR
                 space = space_for_profile("default-random")
-                from retrieval.indexing.vector_index import drop_space_index
-
                 drop_space_index(space)  # built below, on the loaded rows, and timed
                 EmbeddingSpace.objects.filter(pk=space.pk).update(is_active=True, is_serving=True)
                 assert (space.vlm_dim, space.vision_dim) == (VLM_DIM, VISION_DIM)
@@ -316,45 +437,56 @@ def main() -> None:
                     generator_model="planted", vlm_dim=VLM_DIM, vision_dim=VISION_DIM, fingerprint=f"bench-{size}",
                 )
             t0 = time.perf_counter()
-            size_rows, build = bench_size(size, space, libraries, data, args.queries, m, ef_construction, first_id)
-            first_id += size
-            rows += size_rows
-            builds.append(build)
+            results.append(bench_size(size, space, libraries, data, args, first_id, device))
+            if size <= args.db_max:
+                first_id += size
             print(f"{size}: done in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-        if not args.no_search:
-            whole = bench_whole_search(user, libraries)
+        if whole_size:
+            from retrieval.engine.encoders import load_encoders
+            from retrieval.engine.generator import load_generator
+
+            start = time.perf_counter()
+            load_encoders("default-random")
+            load_generator("default-random")
+            whole["load_s"] = time.perf_counter() - start
+            whole["size"] = whole_size
+            for backend in args.backends:
+                whole[backend] = bench_whole_search(user, backend)
     finally:
         connection.creation.destroy_test_db(old_name, verbosity=0)
 
-    print(f"\nHNSW m={m}, ef_construction={ef_construction}; ef_search = max({settings.CLETIR_HNSW_EF_SEARCH}, N) "
+    print(f"\nmemory backend on {device} ({torch.get_num_threads()} torch threads); pgvector: HNSW m={args.m}, "
+          f"ef_construction={args.ef_construction}, ef_search = max({settings.CLETIR_HNSW_EF_SEARCH}, N) "
           f"(top 100: {ef_search_for(100)}, top 1000: {ef_search_for(1000)}), iterative scan relaxed_order, "
-          f"{args.queries} queries, {os.cpu_count()} CPU cores, shared_buffers {shared_buffers}, "
-          f"{version.split(' on ')[0]}\n")
-    print("| photos | COPY load s | index build s | index MB |")
-    print("|---|---|---|---|")
-    for b in builds:
-        print(f"| {b['size']:,} | {b['load_s']:.1f} | {b['build_s']:.1f} | {b['index_mb']:.0f} |")
-    print("\n| photos | query | p50 ms | p95 ms | recall vs exact | rows returned / asked | method |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['size']:,} | {r['case']} | {r['p50']:.1f} | {r['p95']:.1f} | {r['recall']:.3f} | "
-              f"{r['returned']:.0%} | {'HNSW' if r['index'] else 'exact'} |")
-    for size in sorted({r["size"] for r in rows}):
-        by_case = {r["case"]: r for r in rows if r["size"] == size}
-        speedup = by_case["exact scan, all libraries, top 100"]["p50"] / by_case["all libraries, top 100, HNSW"]["p50"]
-        print(f"\n{size:,} photos: HNSW top-100 p50 is {speedup:.0f}x below the exact scan's")
-    if whole:
-        load_s, runs = whole
-        print(f"\nWhole search (task body, default-random full-size random weights, CPU, 100k photos, top 1000); "
-              f"models loaded once per worker in {load_s:.1f}s\n")
-        print("| search | " + " | ".join(STAGES) + " | task wall |")
-        print("|---|" + "---|" * (len(STAGES) + 1))
-        for label, timings, ms in runs:
+          f"exact scan for scopes of at most {settings.CLETIR_EXACT_RANK_MAX_ROWS} photos; {args.queries} queries, "
+          f"{os.cpu_count()} CPU cores, shared_buffers {shared_buffers}, {version.split(' on ')[0]}\n")
+    print("| photos | database COPY load s | HNSW build s | HNSW MB | memory copy load s | memory copy MB |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        def cell(key, fmt):
+            return format(r[key], fmt) if key in r else "–"
+        print(f"| {r['size']:,} | {cell('load_s', '.1f')} | {cell('build_s', '.1f')} | {cell('index_mb', '.0f')} | "
+              f"{cell('copy_load_s', '.2f')} | {cell('copy_mb', '.0f')} |")
+    print("\n| photos | query | memory p50 ms | memory p95 ms | memory recall | pgvector p50 ms | pgvector p95 ms "
+          "| pgvector recall | pgvector method |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        for label, *_ in CASES:
             cells = []
-            for stage in STAGES:
-                value = timings.get(stage)
-                cells.append("–" if value is None else (f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"))
-            print(f"| {label} | " + " | ".join(cells) + f" | {ms:.1f} ms |")
+            for backend in ("memory", "pgvector"):
+                row = r["backends"].get(backend, {}).get(label)
+                cells += ([f"{row['p50']:.1f}", f"{row['p95']:.1f}", f"{row['recall']:.3f}"] if row else ["–"] * 3)
+            method = r.get("methods", {}).get(label, "–")
+            print(f"| {r['size']:,} | {label} | " + " | ".join(cells) + f" | {method} |")
+    if whole:
+        print(f"\nWhole search (task body, default-random full-size random weights, CPU, {whole['size']:,} photos, "
+              f"top 1000); models loaded once per worker in {whole['load_s']:.1f}s\n")
+        columns = STAGES + ["with count"]
+        print("| backend | search | " + " | ".join(columns) + " | task wall |")
+        print("|---|---|" + "---|" * (len(columns) + 1))
+        for backend in args.backends:
+            for label, timings, ms in whole.get(backend, []):
+                print(f"| {backend} | {label} | " + " | ".join(_ms(timings.get(c)) for c in columns) + f" | {ms:.1f} ms |")
 
 
 if __name__ == "__main__":

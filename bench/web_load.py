@@ -53,7 +53,10 @@ def seed(photos: int, media_root: Path) -> tuple[str, list[str]]:
     from PIL import Image
 
     from assets.models import Asset, Library, Rendition
-    from retrieval.models import Search, SearchResult
+    from django.db import transaction
+
+    from retrieval.models import Search
+    from retrieval.search.results import store_results
 
     user = get_user_model().objects.create_user("archivist", password="load-test-password")
     library = Library.objects.create(name="Harbour", owner=user)
@@ -71,9 +74,10 @@ def seed(photos: int, media_root: Path) -> tuple[str, list[str]]:
     search = Search.objects.create(user=user, text="sailboat", k=4, status=Search.Status.DONE, progress=100,
                                    result_count=photos, match_count=photos // 10, match_cutoff=0.5)
     search.libraries.set([library])
-    SearchResult.objects.bulk_create([
-        SearchResult(search=search, asset=a, rank=i + 1, score=1 - i / photos, text_score=0.5, image_score=0.5 - i / photos)
-        for i, a in enumerate(assets)])
+    ranks = np.arange(photos)
+    with transaction.atomic():
+        store_results(search, np.array([a.pk for a in assets]), 1 - ranks / photos, np.full(photos, 0.5),
+                      0.5 - ranks / photos)
     client = Client()
     client.force_login(user)  # a real session row: the server reads it from the database
     urls = ["/", f"/libraries/{library.pk}/", f"/search/{search.pk}/", f"/api/searches/{search.pk}/results/",

@@ -81,6 +81,9 @@ class HeartbeatStep(bootsteps.StartStopStep):
     def start(self, worker):
         from django.conf import settings
 
+        from retrieval import workers
+
+        workers.PROCESS_HOSTNAME = worker.hostname  # the solo pool ranks in this process
         self._beat(worker)
         self.tref = worker.timer.call_repeatedly(
             settings.CLETIR_WORKER_HEARTBEAT_SECONDS / 2, self._beat, (worker,), priority=10
@@ -118,7 +121,10 @@ class HeartbeatStep(bootsteps.StartStopStep):
 app.steps["worker"].add(HeartbeatStep)
 
 
-def _preload_models(**kwargs) -> None:
+def _preload_models(sender=None, **kwargs) -> None:
+    from retrieval import workers
+
+    workers.PROCESS_HOSTNAME = sender  # the worker's hostname: this process reports to its heartbeat
     # Each pool process loads its own models once (models are not shared across a fork).
     if os.environ.get("CLETIR_PRELOAD_MODELS", "1") == "0":
         return

@@ -277,6 +277,17 @@ CLETIR_HNSW_MAX_SCAN_TUPLES = env.int("CLETIR_HNSW_MAX_SCAN_TUPLES", default=50_
 # placed or removed whose process died (assets.PendingFile), are leftovers: the sweeper removes
 # them. Longer than any upload or import in flight can go without writing.
 CLETIR_MEDIA_GRACE_SECONDS = env.int("CLETIR_MEDIA_GRACE_SECONDS", default=3600)
+# Which ranking backend a search worker uses (retrieval.search.ranking): `memory` (the worker
+# holds the space's vectors and ranks exactly), `pgvector` (one query per ranking), or `auto`:
+# memory on CUDA workers, and on CPU workers for spaces of at most CLETIR_RANK_CPU_MAX_PHOTOS
+# photos (where one exact pass beats the HNSW graph on this project's CPU, bench/search.py).
+CLETIR_RANK_BACKEND = env.str("CLETIR_RANK_BACKEND", default="auto")
+CLETIR_RANK_CPU_MAX_PHOTOS = env.int("CLETIR_RANK_CPU_MAX_PHOTOS", default=200_000)
+# Most memory a worker process's copy of a space may take (MB); 0: half the GPU's memory on
+# CUDA, a quarter of the RAM on CPU. A larger space is ranked by pgvector.
+CLETIR_RANK_MEMORY_MB = env.int("CLETIR_RANK_MEMORY_MB", default=0)
+# How long the change feed keeps a change; a worker idle longer reloads its copy.
+CLETIR_RANK_FEED_KEEP_SECONDS = env.int("CLETIR_RANK_FEED_KEEP_SECONDS", default=3600)
 # A search not finished this long after it was queued (or re-queued) is stale: its worker
 # died or its message was lost. The sweeper (retrieval.sweeper) re-queues it once when it never
 # started, else marks it failed so the user can try again. Keep it above the slowest real search.

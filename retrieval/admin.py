@@ -139,8 +139,23 @@ class IndexingFailureAdmin(admin.ModelAdmin):
 
 @admin.register(WorkerHeartbeat)
 class WorkerHeartbeatAdmin(admin.ModelAdmin):
-    list_display = ["hostname", "queues", "pid", "started_at", "last_seen"]
-    readonly_fields = ["hostname", "queues", "pid", "started_at", "last_seen"]
+    list_display = ["hostname", "queues", "pid", "started_at", "last_seen", "ranking_summary"]
+    readonly_fields = ["hostname", "queues", "pid", "started_at", "last_seen", "ranking_summary"]
+    exclude = ["ranking"]
+
+    @admin.display(description="ranking")
+    def ranking_summary(self, heartbeat):
+        """Per pool process: the backend of each space, and what its in-memory copy holds."""
+        lines = []
+        for pid, report in sorted(heartbeat.ranking.items()):
+            copies = report.get("copies", {})
+            for space, choice in sorted(report.get("backends", {}).items()):
+                copy = copies.get(space)
+                held = f", {copy['photos']:,} photos, {copy['mb']} MB on {copy['device']}" if copy else ""
+                lines.append((f"pid {pid}: space {space} by {choice['backend']}{held}", choice.get("reason", "")))
+        if not lines:
+            return "–"
+        return format_html_join(mark_safe("<br>"), '<span title="{}">{}</span>', ((why, line) for line, why in lines))
 
 
 class SearchResultInline(admin.TabularInline):

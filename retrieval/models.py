@@ -4,12 +4,21 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.conf import settings
-from django.db import models
+from django.contrib.postgres.fields import ArrayField
+from django.db import connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 from pgvector.django import HalfVectorField
 
 from assets.models import Asset, Library
+
+
+class Float32Field(models.FloatField):
+    """A float stored as `real` (float32): scores and cutoffs, so that a stored score and a
+    stored cutoff are the very numbers `retrieval.search.scores` computed and compare exactly."""
+
+    def db_type(self, connection) -> str:
+        return "real"
 
 
 class EmbeddingSpace(models.Model):
@@ -135,6 +144,9 @@ class WorkerHeartbeat(models.Model):
     pid = models.PositiveIntegerField()
     started_at = models.DateTimeField(auto_now_add=True)
     last_seen = models.DateTimeField(db_index=True)
+    # What each of its processes ranks with, by pid: the backend, the device and, for the
+    # memory backend, the photos and megabytes it holds per space (retrieval.search.ranking).
+    ranking = models.JSONField(default=dict, blank=True)
 
     def __str__(self) -> str:
         return self.hostname
@@ -266,7 +278,7 @@ class Search(models.Model):
     # Where the category's photos end (retrieval.search.cutoff, estimated over every photo in scope):
     # how many match, the score of the last match, and the fitted mixture. Null: not estimated.
     match_count = models.PositiveIntegerField(null=True, blank=True)
-    match_cutoff = models.FloatField(null=True, blank=True)
+    match_cutoff = Float32Field(null=True, blank=True)
     match_estimate = models.JSONField(default=dict, blank=True)
     # The fused query vector u the photos were ranked by (float32 bytes), so the search can be
     # saved as an album that scores photos indexed later.
@@ -298,7 +310,15 @@ class Search(models.Model):
     def _write(self, **fields) -> None:
         for name, value in fields.items():
             setattr(self, name, value)
-        Search.objects.filter(pk=self.pk).update(**fields)
+        # A search's state is derived and short-lived, so it commits without waiting for the
+        # disk: a database crash loses at most its last fraction of a second (the stale-work
+        # sweep then fails the search with its reason), and each state change saves a flush
+        # (~1.5-10 ms on a busy machine, bench/search.py). Inside a caller's transaction the
+        # setting holds until that one ends.
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit = off")
+            Search.objects.filter(pk=self.pk).update(**fields)
 
     def _progress_fields(self, fields: dict) -> dict:
         unknown = set(fields) - self.PROGRESS_FIELDS
@@ -366,34 +386,43 @@ class SearchExample(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
 
-class SearchResult(models.Model):
-    """One ranked photo of a search: a derived row, written 1000 at a time when the search ends.
+class SearchRanking(models.Model):
+    """A search's stored results: one row, the ranked photos and their scores as arrays in rank
+    order (written in one binary COPY when the search ends; `retrieval.search.results`).
 
-    Neither foreign key has a database constraint; deleting a search or a photo still deletes
-    its results (Django cascades them, through the (search, rank) and asset indexes). Postgres'
-    per-row checks would cost more than the rest of storing (~5 ms per 1000 rows for the
-    search, ~10 ms for the photos, bench/search.py), and the photo check locks every ranked
-    photo's row, rewriting 1000 photo pages on disk for each search. What they would guard:
-    the search row is locked (FOR UPDATE) by the run that writes its results, so it cannot go
-    away; a photo deleted in the instant between ranking and storing leaves a row that every
-    reader drops, since results are always read joined to their photo (`search.results.matching_results`,
-    the admin).
+    One row rather than one per photo: a thousand rows cost a thousand heap tuples and index
+    entries to write (~16 ms on a small, busy machine, bench/search.py); one row of arrays
+    costs one. Read through `SearchResult`, a view that unnests them.
     """
 
-    search = models.ForeignKey(Search, on_delete=models.CASCADE, related_name="results", db_constraint=False,
-                               db_index=False)
-    asset = models.ForeignKey(Asset, on_delete=models.CASCADE, related_name="+", db_constraint=False)
+    search = models.OneToOneField(Search, on_delete=models.CASCADE, primary_key=True, related_name="ranking")
+    asset_ids = ArrayField(models.BigIntegerField())
+    scores = ArrayField(Float32Field())
+    text_scores = ArrayField(Float32Field(), help_text="(1-λ)·<t, I(x)>")
+    image_scores = ArrayField(Float32Field(), help_text="λ·<q, V(x)> (minus the negative part, when any)")
+
+
+class SearchResult(models.Model):
+    """One ranked photo of a search, read through the view `retrieval_searchresult` over
+    `SearchRanking` (read-only; created in migration 0007).
+
+    The view joins the photos, so a photo deleted after the search simply drops out of its
+    results (its rank stays a gap); deleting a search deletes its `SearchRanking` row. `id` is
+    the search id × 2^20 + the rank: unique, for the admin and the paginators.
+    """
+
+    id = models.BigIntegerField(primary_key=True)
+    search = models.ForeignKey(Search, on_delete=models.DO_NOTHING, related_name="results", db_constraint=False)
+    asset = models.ForeignKey(Asset, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False)
     rank = models.PositiveIntegerField()
-    score = models.FloatField()
-    text_score = models.FloatField(help_text="(1-λ)·<t, I(x)>")
-    image_score = models.FloatField(help_text="λ·<q, V(x)> (minus the negative part, when any)")
+    score = Float32Field()
+    text_score = Float32Field(help_text="(1-λ)·<t, I(x)>")
+    image_score = Float32Field(help_text="λ·<q, V(x)> (minus the negative part, when any)")
 
     class Meta:
+        managed = False
+        db_table = "retrieval_searchresult"
         ordering = ["search", "rank"]
-        constraints = [
-            models.UniqueConstraint(fields=["search", "rank"], name="one_result_per_rank"),
-            models.UniqueConstraint(fields=["search", "asset"], name="one_result_per_asset"),
-        ]
 
 
 class Album(models.Model):
@@ -407,7 +436,7 @@ class Album(models.Model):
     space = models.ForeignKey(EmbeddingSpace, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
                               help_text="The space of the query vector; photos of other spaces are not scored")
     query_vector = models.BinaryField(help_text="u = [(1-λ)t; λq] as float32 bytes")
-    cutoff = models.FloatField(help_text="Photos scoring at least this join the album")
+    cutoff = Float32Field(help_text="Photos scoring at least this join the album")
     source_search = models.ForeignKey(Search, on_delete=models.SET_NULL, null=True, blank=True, related_name="albums")
     proxy_set = models.ForeignKey(ProxySet, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     disabled_proxies = models.JSONField(default=list, blank=True)
@@ -431,7 +460,7 @@ class AlbumPhoto(models.Model):
 
     album = models.ForeignKey(Album, on_delete=models.CASCADE, related_name="photos")
     asset = models.ForeignKey(Asset, on_delete=models.CASCADE, related_name="+")
-    score = models.FloatField(null=True, blank=True)
+    score = Float32Field(null=True, blank=True)
     state = models.CharField(max_length=8, choices=State.choices, default=State.AUTO)
     added_at = models.DateTimeField(auto_now_add=True)
 

@@ -11,7 +11,9 @@ rows tell what should be happening, so this sweep reads them and acts:
 * the active space with photos waiting, no indexing task queued (or its mark expired) and no
   photo indexed for CLETIR_PHOTO_WORK_STALE_SECONDS: indexing is queued again;
 * photos waiting for their renditions: `assets.sweeps.sweep_renditions` (assets' own rule,
-  judged per photo).
+  judged per photo);
+* the ranking change feed (`retrieval.search.ranking.feed`) forgets changes older than
+  CLETIR_RANK_FEED_KEEP_SECONDS (a worker's copy idle for longer reloads).
 
 Every action is a conditional update or an idempotent task, so two sweeps at once (the beat
 task and `manage.py sweep_stale_work`) or a sweep racing a live worker do no harm.
@@ -33,6 +35,7 @@ from .indexing.progress import pending_assets
 from .indexing.spaces import active_space
 from .indexing.tasks import QUEUED_TASK_EXPIRY, schedule_indexing
 from .models import AssetEmbedding, IndexingFailure, Search
+from .search.ranking.feed import prune_changes
 from .search.tasks import dispatch_waiting, send
 
 logger = logging.getLogger(__name__)
@@ -48,6 +51,7 @@ class SweepReport:
     searches_dispatched: int = 0
     indexing_scheduled: int = 0
     renditions_requeued: int = 0
+    ranking_changes_pruned: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -63,8 +67,9 @@ def sweep_stale_work(now: datetime | None = None) -> SweepReport:
         searches_dispatched=sweep_waiting_searches(),
         indexing_scheduled=sweep_indexing(now),
         renditions_requeued=sweep_renditions(now),
+        ranking_changes_pruned=prune_changes(settings.CLETIR_RANK_FEED_KEEP_SECONDS),
     )
-    if any(report.as_dict().values()):
+    if any(v for k, v in report.as_dict().items() if k != "ranking_changes_pruned"):
         logger.warning("stale work swept: %s", report.as_dict())
     return report
 

@@ -10,7 +10,8 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from assets.models import Library, LibraryMembership, Rendition
-from retrieval.models import Album, AlbumPhoto, EmbeddingSpace, ProxyImage, ProxySet, Search, SearchResult
+from retrieval.models import Album, AlbumPhoto, EmbeddingSpace, ProxyImage, ProxySet, Search
+from tests.stored_results import store_ranked
 from tests.photos import write_photos
 
 pytestmark = pytest.mark.django_db
@@ -43,7 +44,7 @@ def world(make_user, media_root):
     search = Search.objects.create(user=ann, text="boat", k=1, status=Search.Status.DONE, space=space,
                                    proxy_set=proxies, result_count=1, match_count=1)
     search.libraries.set([library])
-    SearchResult.objects.create(search=search, asset=photo, rank=1, score=0.9, text_score=0.4, image_score=0.5)
+    store_ranked(search, [(photo, 0.9, 0.4, 0.5)])
     album = Album.objects.create(user=ann, name="Boats", query_vector=b"", cutoff=0.1, source_search=search)
     album.libraries.set([library])
     AlbumPhoto.objects.create(album=album, asset=photo, score=0.9)

@@ -29,7 +29,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from assets.models import Library
-from retrieval.models import EmbeddingSpace, ProxyImage, ProxySet, Search, SearchResult
+from retrieval.models import EmbeddingSpace, ProxyImage, ProxySet, Search
+from tests.stored_results import store_ranked
 from tests.photos import write_photos
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
@@ -83,10 +84,7 @@ def world(make_user, media_root) -> dict:
         ProxyImage.objects.create(proxy_set=proxies, index=index, seed=index, file=f"proxies/{proxies.pk}/{index}.webp")
     done = Search.objects.create(user=ann, text="sailboat", k=2, status=Search.Status.DONE, space=space, proxy_set=proxies,
                                  result_count=20, lambda_used=0.5, aggregation="mean", timings={"total": 0.1})
-    SearchResult.objects.bulk_create(
-        SearchResult(search=done, asset=photo, rank=rank, score=1 - rank / 100, text_score=0.5, image_score=0.5)
-        for rank, photo in enumerate(photos[:20], 1)
-    )
+    store_ranked(done, [(photo, 1 - rank / 100, 0.5, 0.5) for rank, photo in enumerate(photos[:20], 1)])
     searches = [
         done,
         Search.objects.create(user=ann, text="harbour", k=2, status=Search.Status.FAILED, error="Ranking failed: x"),

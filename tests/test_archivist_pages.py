@@ -23,12 +23,12 @@ from retrieval.models import (
     ProxySet,
     Search,
     SearchExample,
-    SearchResult,
     WorkerHeartbeat,
 )
 from retrieval.search import service as search_service
 from retrieval.search.matches import query_bytes
 from tests.photos import write_photos
+from tests.stored_results import store_ranked
 
 pytestmark = pytest.mark.django_db
 
@@ -84,9 +84,7 @@ def archive(make_user, media_root):
         search = Search.objects.create(user=ann, text=text, k=4, status=Search.Status.DONE, progress=100,
                                        space=space, result_count=len(photos), query_vector=query_bytes(np.eye(4)[0]),
                                        **fields)
-        SearchResult.objects.bulk_create([
-            SearchResult(search=search, asset=p, rank=rank, score=s, text_score=s / 2, image_score=s / 2)
-            for rank, (p, s) in enumerate(zip(photos, scores), start=1)])
+        store_ranked(search, [(p, s, s / 2, s / 2) for p, s in zip(photos, scores)])
         return search
 
     no_match = done("zebra", match_count=0, match_cutoff=0.8750001, lambda_used=0.5, aggregation="mean")

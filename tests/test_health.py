@@ -61,3 +61,24 @@ def test_database_down_is_503(client, monkeypatch):
     body = response.json()
     assert body["database"] == "down" and body["pgvector"] is None
     assert body["database_error"] == "connection to server failed: Connection refused"
+
+
+def test_each_worker_process_s_ranking_backend_is_shown_and_gone_processes_are_dropped(client):
+    """A search worker's pool processes report their ranking backend and in-memory copies on the
+    worker's heartbeat row; /healthz shows them; a process that is gone drops out at the next beat."""
+    import os
+    import subprocess
+    import sys
+
+    from retrieval.models import WorkerHeartbeat
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    live = {"backends": {"3": {"backend": "memory", "reason": "auto: cpu"}},
+            "copies": {"3": {"photos": 1200, "bytes": 2_300_000, "mb": 2.2, "device": "cpu", "dtype": "float16",
+                             "loaded_at": 1, "load_seconds": 0.1}}}
+    record_heartbeat("w1@host", ["search"], 123)
+    WorkerHeartbeat.objects.filter(hostname="w1@host").update(
+        ranking={str(os.getpid()): live, str(gone.pid): {"backends": {}, "copies": {}}})
+    record_heartbeat("w1@host", ["search"], 123)
+    assert client.get("/healthz").json()["workers"][0]["ranking"] == {str(os.getpid()): live}

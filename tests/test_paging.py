@@ -6,8 +6,9 @@ import pytest
 from rest_framework.test import APIClient
 
 from assets.models import Library, RejectedFile
-from retrieval.models import Album, AlbumPhoto, Search, SearchResult
+from retrieval.models import Album, AlbumPhoto, Search
 from tests.photos import write_photos
+from tests.stored_results import store_ranked
 
 pytestmark = pytest.mark.django_db
 
@@ -21,8 +22,7 @@ def ann_api(make_user, media_root):
         RejectedFile.objects.create(library=library, original_name=name, reason="not_an_image", message="Not an image.")
     search = Search.objects.create(user=ann, text="boat", k=1, status=Search.Status.DONE, result_count=3, match_count=3)
     search.libraries.set([library])
-    for rank, photo in enumerate(photos, 1):
-        SearchResult.objects.create(search=search, asset=photo, rank=rank, score=1 - rank / 10, text_score=0.5, image_score=0.5)
+    store_ranked(search, [(photo, 1 - rank / 10, 0.5, 0.5) for rank, photo in enumerate(photos, 1)])
     Search.objects.create(user=ann, text="harbour", k=1)
     Search.objects.create(user=ann, text="lighthouse", k=1)
     album = Album.objects.create(user=ann, name="Boats", query_vector=b"", cutoff=0.1, source_search=search)

@@ -9,7 +9,8 @@ from PIL import Image
 from rest_framework.test import APIClient
 
 from assets.models import Asset, Library, Rendition
-from retrieval.models import Album, AlbumPhoto, Search, SearchResult
+from retrieval.models import Album, AlbumPhoto, Search
+from tests.stored_results import store_ranked
 
 pytestmark = pytest.mark.django_db
 
@@ -25,7 +26,7 @@ def a_world(make_user, media_root):
     Rendition.objects.create(asset=photo, name="thumb", file="x/t.webp", width=8, height=8)
     search = Search.objects.create(user=ann, text="boat", k=4, status=Search.Status.DONE, result_count=1, match_count=1)
     search.libraries.set([library])
-    SearchResult.objects.create(search=search, asset=photo, rank=1, score=0.9, text_score=0.4, image_score=0.5)
+    store_ranked(search, [(photo, 0.9, 0.4, 0.5)])
     album = Album.objects.create(user=ann, name="Boats", query_vector=b"", cutoff=0.1, source_search=search)
     album.libraries.set([library])
     AlbumPhoto.objects.create(album=album, asset=photo, score=0.9)
@@ -114,7 +115,7 @@ def test_a_member_removed_from_a_library_loses_every_read_of_it_at_once(a_world,
     search = Search.objects.create(user=carol, text="boat", k=4, status=Search.Status.DONE, result_count=1,
                                    match_count=1, match_cutoff=0.5)
     search.positive_assets.set([photo])
-    SearchResult.objects.create(search=search, asset=photo, rank=1, score=0.9, text_score=0.4, image_score=0.5)
+    store_ranked(search, [(photo, 0.9, 0.4, 0.5)])
     album = Album.objects.create(user=carol, name="Carol's boats", query_vector=b"", cutoff=0.1, source_search=search)
     AlbumPhoto.objects.create(album=album, asset=photo, score=0.9)
     api, page = APIClient(), Client()

@@ -7,6 +7,9 @@
   after its batch committed) and a task on the `default` queue scores them against each album
   of that space whose scope includes their library (u · e), in bulk: those at or above the
   cutoff join.
+* Every score here is the exact float32 score of `retrieval.search.scores`, the very number the
+  search stored and cut at: a saved album holds exactly the search's matches (of the photos
+  still in its scope), and the audit page's "in" and "not in" agree with the cutoff it shows.
 * Hand-made choices win over scores: a pinned photo stays whatever it scores, a removed photo
   keeps its row (state removed) so no rescoring or re-indexing brings it back. Either choice
   can be undone (state auto): the photo's score decides again.
@@ -26,8 +29,11 @@ from django.db.models import QuerySet
 from assets.models import Asset, Library
 
 from ..models import Album, AlbumPhoto, AssetEmbedding, EmbeddingSpace, Search
-from ..search.matches import query_from_bytes, scope_scores
+from ..search.matches import query_from_bytes
+from ..search.ranking.exact import exact_at_least, exact_neighbours
+from ..search.ranking.pgvector import scope_scores
 from ..search.results import SORTS
+from ..search.scores import as_score, exact_parts
 from ..search.scope import visible_library_ids
 
 AUDIT_SIDE = 12
@@ -67,10 +73,11 @@ def create_album_from_search(user, search: Search, name: str) -> Album:
         )
         album.libraries.set(search.libraries.all())
         if album.space is not None:
-            ids, scores = scope_scores(album.space, query_from_bytes(album.query_vector), album_library_ids(album))
-            keep = scores >= album.cutoff
+            u = query_from_bytes(album.query_vector)
+            fast = scope_scores(album.space, u, album_library_ids(album))
+            ids, scores = exact_at_least(fast, album.cutoff, u, album.space.vlm_dim)
             AlbumPhoto.objects.bulk_create(
-                [AlbumPhoto(album=album, asset_id=int(a), score=float(s)) for a, s in zip(ids[keep], scores[keep])],
+                [AlbumPhoto(album=album, asset_id=int(a), score=float(s)) for a, s in zip(ids, scores)],
                 batch_size=2000,
             )
     return album
@@ -80,7 +87,8 @@ def add_indexed_photos(space: EmbeddingSpace, assets: Sequence[Asset], vectors: 
     """Score photos just indexed into `space` against its albums; returns the rows added.
 
     `vectors` are the photos' e = [I; V]; they are rounded to half precision first, as the
-    halfvec column stores them, so a score here equals one read back from the database.
+    halfvec column stores them, and scored exactly (`retrieval.search.scores`): the score the
+    search that made the album would have given them.
     Existing rows keep their state: pinned stay, removed stay out; an automatic member that a
     re-index scores below the cutoff leaves. A few statements per album, whatever the number of
     photos.
@@ -90,6 +98,7 @@ def add_indexed_photos(space: EmbeddingSpace, assets: Sequence[Asset], vectors: 
     albums = list(Album.objects.filter(space=space).select_related("user").prefetch_related("libraries"))
     if not albums:
         return 0
+    e = np.asarray(vectors, dtype=np.float16)
     libraries = np.array([a.library_id for a in assets])
     asset_ids = np.array([a.pk for a in assets])
     added = 0
@@ -97,11 +106,11 @@ def add_indexed_photos(space: EmbeddingSpace, assets: Sequence[Asset], vectors: 
         in_scope = np.isin(libraries, album_library_ids(album))
         if not in_scope.any():
             continue
-        scores = _scores(album, np.asarray(vectors)[in_scope])
+        scores = exact_parts(query_from_bytes(album.query_vector), e[in_scope], space.vlm_dim).score
         ids = asset_ids[in_scope].tolist()
         existing = {asset_id: (pk, state) for pk, asset_id, state in
                     AlbumPhoto.objects.filter(album=album, asset_id__in=ids).values_list("pk", "asset_id", "state")}
-        above = scores >= album.cutoff
+        above = scores >= as_score(album.cutoff)
         with transaction.atomic():
             new = [AlbumPhoto(album=album, asset_id=a, score=float(s))
                    for a, s, ok in zip(ids, scores, above) if ok and a not in existing]
@@ -112,13 +121,6 @@ def add_indexed_photos(space: EmbeddingSpace, assets: Sequence[Asset], vectors: 
                         if a in existing and a not in leaving]
             AlbumPhoto.objects.bulk_update(rescored, ["score"])
     return added
-
-
-def _scores(album: Album, vectors: np.ndarray) -> np.ndarray:
-    """u · e of photo vectors e, rounded to half precision first as the halfvec column stores
-    them, so a score here equals one read back from the database."""
-    e = np.asarray(vectors, dtype=np.float16).astype(np.float64)
-    return e @ query_from_bytes(album.query_vector).astype(np.float64)
 
 
 def set_photo_state(album: Album, asset_id: int, state: str) -> AlbumPhoto | None:
@@ -142,12 +144,13 @@ def _back_to_score(album: Album, asset_id: int) -> AlbumPhoto | None:
     (`add_indexed_photos`)."""
     vector = (AssetEmbedding.objects.filter(asset_id=asset_id, space_id=album.space_id)
               .values_list("vector", flat=True).first() if album.space_id else None)
-    score = float(_scores(album, np.asarray(vector, dtype=np.float32)[None, :])[0]) if vector is not None else None
-    if score is None or score < album.cutoff:
+    score = (exact_parts(query_from_bytes(album.query_vector), np.asarray(vector, dtype=np.float16)[None, :],
+                         album.space.vlm_dim).score[0] if vector is not None else None)
+    if score is None or score < as_score(album.cutoff):
         AlbumPhoto.objects.filter(album=album, asset_id=asset_id).delete()
         return None
     photo, _ = AlbumPhoto.objects.update_or_create(album=album, asset_id=asset_id,
-                                                   defaults={"state": AlbumPhoto.State.AUTO, "score": score})
+                                                   defaults={"state": AlbumPhoto.State.AUTO, "score": float(score)})
     return photo
 
 
@@ -162,7 +165,7 @@ def album_photos(album: Album, viewer, sort: str = "taken") -> QuerySet[AlbumPho
 class AuditRow:
     asset_id: int
     library_id: int
-    score: float
+    score: np.float32  # exact (retrieval.search.scores): compares in float32 with the cutoff
     state: str  # auto / pinned / removed, or "" for a photo that has no row (yet)
     above_cutoff: bool
 
@@ -187,17 +190,15 @@ def audit(album: Album, viewer, side: int = AUDIT_SIDE) -> Audit:
     proxies = list(album.proxy_set.images.all()) if album.proxy_set_id else []
     if album.space is None:
         return Audit(album.cutoff, [], [], proxies, list(album.disabled_proxies))
-    ids, scores = scope_scores(album.space, query_from_bytes(album.query_vector), viewable_library_ids(album, viewer))
-    order = np.lexsort((ids, -scores))
-    ids, scores = ids[order], scores[order]
-    split = int((scores >= album.cutoff).sum())
-    window = list(range(max(0, split - side), min(len(ids), split + side)))
-    picked = [int(ids[i]) for i in window]
+    u = query_from_bytes(album.query_vector)
+    fast = scope_scores(album.space, u, viewable_library_ids(album, viewer))
+    (above_ids, above), (below_ids, below) = exact_neighbours(fast, album.cutoff, side, u, album.space.vlm_dim)
+    picked, scores = [int(pk) for pk in np.concatenate([above_ids, below_ids])], np.concatenate([above, below])
     states = dict(AlbumPhoto.objects.filter(album=album, asset_id__in=picked).values_list("asset_id", "state"))
     libraries = dict(Asset.objects.filter(pk__in=picked).values_list("pk", "library_id"))
-    rows = [AuditRow(int(ids[i]), libraries[int(ids[i])], float(scores[i]), states.get(int(ids[i]), ""), i < split)
-            for i in window]
-    cut = split - max(0, split - side)
+    cut = len(above_ids)
+    rows = [AuditRow(pk, libraries[pk], score, states.get(pk, ""), i < cut)
+            for i, (pk, score) in enumerate(zip(picked, scores))]
     return Audit(album.cutoff, rows[:cut], rows[cut:], proxies, list(album.disabled_proxies))
 
 

@@ -22,15 +22,15 @@ from django.db import transaction
 from retrieval.engine.seeds import proxy_seeds
 
 from ..indexing.spaces import serving_space
-from ..models import EmbeddingSpace, ProxySet, Search, SearchExample, SearchResult
+from ..models import EmbeddingSpace, ProxySet, Search, SearchExample
 from .cache_privacy import cost_of_making, used_before, wait_as_if_made
 from .inputs import asset_vision_vectors, encode_files, space_aggregator, text_vectors
 from .matches import query_bytes, record_matches
 from .plan import QueryInputs, QueryPlan, plan_query
 from .proxies import get_or_generate_proxy_set, proxy_features, write_proxy_images
 from .query import normalise_query
-from .ranking import rank
-from .results import store_results
+from .ranking import Ranking, Scope, rank
+from .results import out_of_scope, store_results
 from .scope import search_library_ids, visible_library_ids
 from .tasks import TRANSIENT_ERRORS
 
@@ -131,16 +131,18 @@ def _execute(run: _Run) -> None:
         plan = plan_query(inputs, net, settings.CLETIR_FUSION_LAMBDA, settings.CLETIR_NEGATIVE_WEIGHT)
     search.mark_ranking(**run.held())
     # 4. Rank the scope.
+    scope = Scope.of(library_ids)
     with run.stage("ranking"):
-        rows = rank(space, plan.u, library_ids, search.top_n)
+        ranking = rank(space, plan.u, scope, search.top_n)
     # 5. Store the results and finish; nothing more when a twin delivery finished first. The
     # proxy images are written once the results can be read (proxies.py).
-    stored = _store(run, plan, rows)
+    ranking = _store(run, plan, space, scope, ranking)
     write_proxy_images(search.proxy_set, search.negative_proxy_set)
-    if not stored:
+    if ranking is None:
         return
-    # 6. Count the matches over the whole scope, once the results are readable.
-    _count_matches(run, space, plan, library_ids, rows)
+    # 6. Count the matches over the whole scope (from the ranking's own scores when it ran in
+    # memory), once the results are readable.
+    _count_matches(run, space, plan, ranking)
 
 
 def _gather_inputs(run: _Run, space: EmbeddingSpace) -> QueryInputs:
@@ -219,33 +221,46 @@ def _negative_vectors(run: _Run, space: EmbeddingSpace, files: list[str]) -> np.
     return np.array(vectors)
 
 
-def _store(run: _Run, plan: QueryPlan, rows: list) -> bool:
+def _store(run: _Run, plan: QueryPlan, space: EmbeddingSpace, scope: Scope, ranking: Ranking) -> Ranking | None:
     """Store the ranked rows and mark the search done, in one transaction that holds the
     search's row lock: a duplicate delivery running at the same time stores nothing twice.
-    Returns False when the search was done already."""
+    Returns None when the search was done already, else the ranking stored.
+
+    The rows are checked against the scope in the database first: a photo deleted, failed or
+    moved out of the scope after the ranking read its vectors is never stored. When one is
+    found the scope is ranked once more (an in-memory copy catches up on the next read of its
+    change feed); whatever still fails the check then is dropped."""
     search = run.search
-    run.phase = "store"
     started = time.perf_counter()
-    with transaction.atomic():
-        if Search.objects.select_for_update().values_list("status", flat=True).get(pk=search.pk) == Search.Status.DONE:
-            return False
-        SearchResult.objects.filter(search=search).delete()  # an unfinished run's, if any
-        store_results(search, rows)
-        search.mark_done(query_vector=query_bytes(plan.u), result_count=len(rows), lambda_used=plan.lam,
-                         aggregation=plan.aggregation, timings=run.rounded_timings())
+    for attempt in (1, 2):
+        run.phase = "store"
+        with transaction.atomic():
+            if Search.objects.select_for_update().values_list("status", flat=True).get(pk=search.pk) == Search.Status.DONE:
+                return None
+            gone = out_of_scope(space, scope, ranking)
+            if not gone or attempt == 2:
+                ranking = ranking.without(gone)
+                store_results(search, ranking.asset_ids, ranking.scores, ranking.parts.text, ranking.parts.image)
+                search.mark_done(query_vector=query_bytes(plan.u), result_count=len(ranking.asset_ids),
+                                 lambda_used=plan.lam, aggregation=plan.aggregation, timings=run.rounded_timings())
+                break
+        logger.warning("search %s: %d ranked photos left the scope before they were stored; ranking again",
+                       search.pk, len(gone))
+        with run.stage("ranking"):
+            ranking = rank(space, plan.u, scope, search.top_n)
     # Measured after the commit: what the worker spent before the results could be read.
     # Written with the match count.
     run.timings["store"] = time.perf_counter() - started
     run.timings["total"] = time.perf_counter() - run.started
-    return True
+    return ranking
 
 
-def _count_matches(run: _Run, space: EmbeddingSpace, plan: QueryPlan, library_ids: list[int], rows: list) -> None:
-    """Estimate the matches: it scores every photo in scope (hundreds of ms at 100k photos), so
-    it runs after DONE and must not delay the ranked results; the page waits for the count."""
+def _count_matches(run: _Run, space: EmbeddingSpace, plan: QueryPlan, ranking: Ranking) -> None:
+    """Estimate the matches over the whole scope: it runs after DONE and must not delay the
+    ranked results; the page waits for the count."""
     started = time.perf_counter()
     try:
-        record_matches(run.search, space, plan.u, library_ids, rows, list(plan.references))
+        record_matches(run.search, space, plan.u, ranking, list(plan.references))
         run.timings["matches"] = time.perf_counter() - started
     except Exception:  # the count is an estimate on top of finished results: log, keep the results
         logger.exception("could not count the matching photos of search %s", run.search.pk)

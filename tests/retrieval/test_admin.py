@@ -55,3 +55,19 @@ def test_space_admin_progress_and_activate(admin_client_with_space, django_captu
     space.refresh_from_db()
     assert other.is_active and not other.is_serving
     assert space.is_serving and not space.is_active
+
+
+def test_worker_heartbeats_show_each_process_s_ranking_backend_and_copy(admin_client_with_space):
+    from django.utils import timezone
+
+    from retrieval.models import WorkerHeartbeat
+
+    client, space, library, assets = admin_client_with_space
+    WorkerHeartbeat.objects.create(hostname="search@gpu1", queues=["search"], pid=1, last_seen=timezone.now(), ranking={
+        "4242": {"backends": {str(space.pk): {"backend": "memory", "reason": "auto: cuda"}},
+                 "copies": {str(space.pk): {"photos": 1_000_000, "mb": 2157.0, "device": "cuda:0"}}},
+        "4243": {"backends": {str(space.pk): {"backend": "pgvector", "reason": "over the memory cap"}}, "copies": {}},
+    })
+    page = client.get("/admin/retrieval/workerheartbeat/").content.decode()
+    assert f"pid 4242: space {space.pk} by memory, 1,000,000 photos, 2157.0 MB on cuda:0" in page
+    assert f'title="over the memory cap">pid 4243: space {space.pk} by pgvector<' in page

@@ -13,9 +13,10 @@ from rest_framework.test import APIClient
 
 from assets.metadata import read_metadata
 from assets.models import Library, LibraryMembership
-from retrieval.models import Album, AlbumPhoto, Search, SearchResult
+from retrieval.models import Album, AlbumPhoto, Search
 from tests.assets.conftest import image_bytes
 from tests.photos import write_photos
+from tests.stored_results import store_ranked
 
 pytestmark = pytest.mark.django_db
 
@@ -45,10 +46,7 @@ def world(make_user, media_root):
     ranked = [mine[0], bobs[0], mine[1], mine[2], bobs[1]]
     search = Search.objects.create(user=ann, text="sailboat", k=4, status=Search.Status.DONE, progress=100,
                                    result_count=5, match_count=4, match_cutoff=0.5)
-    SearchResult.objects.bulk_create([
-        SearchResult(search=search, asset=photo, rank=rank, score=1 - rank / 8, text_score=0.25, image_score=0.75 - rank / 8)
-        for rank, photo in enumerate(ranked, start=1)
-    ])
+    store_ranked(search, [(photo, 1 - rank / 8, 0.25, 0.75 - rank / 8) for rank, photo in enumerate(ranked, start=1)])
     album = Album.objects.create(user=ann, name="Boats & sails!", query_vector=b"", cutoff=0.5)
     AlbumPhoto.objects.bulk_create([
         AlbumPhoto(album=album, asset=mine[0], score=0.9), AlbumPhoto(album=album, asset=bobs[0], score=0.8),

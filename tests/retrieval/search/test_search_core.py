@@ -14,17 +14,20 @@ from django.db import OperationalError
 
 from assets.models import Asset, Library, LibraryMembership
 from retrieval.search import inputs as search_inputs
-from retrieval.search import ranking, runner as search_runner
+from retrieval.search import runner as search_runner
+from retrieval.search.ranking import pgvector
 from retrieval.engine.aggregator import AggregatorNet, aggregate, save_aggregator
 from retrieval.engine.generator import ProxyGenerator, load_generator
-from retrieval.models import AssetEmbedding, EmbeddingSpace, ProxyImage, ProxySet, Search, SearchResult
+from retrieval.models import AssetEmbedding, EmbeddingSpace, ProxyImage, ProxySet, Search, SearchRanking, SearchResult
 from retrieval.engine.seeds import proxy_seeds
 from retrieval.indexing.spaces import encoders_for, space_for_profile
 from retrieval.indexing.vector_index import ensure_space_index, index_name
 from retrieval.search.proxies import generator_key, get_or_generate_proxy_set, proxy_features, seeds_key
 from retrieval.search.query import normalise_query
 from retrieval.search.ranking import rank
+from retrieval.search.scores import exact_parts
 from retrieval.search.tasks import run_search
+from tests.stored_results import store_ranked
 
 pytestmark = pytest.mark.django_db
 
@@ -57,8 +60,9 @@ def as_stored(vectors: np.ndarray) -> np.ndarray:
     return np.asarray(vectors, dtype=np.float16).astype(np.float32)
 
 
-def brute_force(ids: list[int], vectors: np.ndarray, u: np.ndarray, n: int) -> list[int]:
-    scores = as_stored(vectors).astype(np.float64) @ u.astype(np.float64)
+def brute_force(ids: list[int], vectors: np.ndarray, u: np.ndarray, n: int, split: int | None = None) -> list[int]:
+    """Every photo scored exactly (retrieval.search.scores), best first, ties by asset id."""
+    scores = exact_parts(u, np.asarray(vectors, dtype=np.float16), split or len(u) // 2).score.astype(np.float64)
     order = np.lexsort((np.array(ids), -scores))
     return [ids[i] for i in order[:n]]
 
@@ -113,22 +117,46 @@ def query(rng: np.random.Generator, lam: float = 0.4) -> np.ndarray:
     return query_vector(unit_rows(rng, 1, 16)[0], unit_rows(rng, 1, 16)[0], lam)
 
 
-def test_exact_ranking_is_the_brute_force_numpy_ranking_with_exact_score_parts(planted_space, library):
+EXACT_BACKENDS = [{"backend": "memory"}, {"exact": True}]
+
+
+@pytest.mark.parametrize("how", EXACT_BACKENDS, ids=["memory", "pgvector"])
+def test_exact_ranking_is_the_brute_force_numpy_ranking_with_exact_score_parts(planted_space, library, how):
     space, vectors, ids, in_small, small = planted_space
     rng = np.random.default_rng(1)
     everyone = [library.pk, small.pk]
     for _ in range(3):
         u = query(rng)
-        rows = rank(space, u, everyone, top_n=200, exact=True)
-        assert [r.asset_id for r in rows[:100]] == brute_force(list(ids), vectors, u, 100)
-        # The parts are (1-λ)<t, I(x)> and λ<q, V(x)> of the stored vectors, and add up exactly.
+        rows = rank(space, u, everyone, top_n=200, **how).rows
+        assert [r.asset_id for r in rows] == brute_force(list(ids), vectors, u, 200)
+        # The parts are (1-λ)<t, I(x)> and λ<q, V(x)> of the stored vectors, and the score is
+        # their float32 sum.
         by_id = dict(zip(ids.tolist(), as_stored(vectors)))
         for r in rows[:20]:
             e = by_id[r.asset_id].astype(np.float64)
             assert r.text_score == pytest.approx(float(u[:16] @ e[:16]), abs=1e-6)
             assert r.image_score == pytest.approx(float(u[16:] @ e[16:]), abs=1e-6)
-            assert r.score == r.text_score + r.image_score
+            assert np.float32(r.text_score) + np.float32(r.image_score) == np.float32(r.score)
         assert [r.score for r in rows] == sorted((r.score for r in rows), reverse=True)
+
+
+def test_memory_and_pgvector_give_identical_top_n_with_ties_broken_by_asset_id(planted_space, library):
+    space, vectors, ids, in_small, small = planted_space
+    # Photos with identical vectors tie exactly: both backends order them by asset id.
+    twins = plant(space, small, np.repeat(vectors[:1], 5, axis=0), start=90_000)
+    rng = np.random.default_rng(9)
+    for scope in ([library.pk, small.pk], [small.pk]):
+        for _ in range(3):
+            u = query(rng)
+            in_memory = rank(space, u, scope, top_n=300, backend="memory").rows
+            exact_scan = rank(space, u, scope, top_n=300, exact=True).rows
+            assert [(r.asset_id, r.score, r.text_score, r.image_score) for r in in_memory] == \
+                [(r.asset_id, r.score, r.text_score, r.image_score) for r in exact_scan]
+        # The twins' own vector: they and the photo they copy tie at the top, by asset id.
+        u = fused(vectors[0][:16], vectors[0][16:])
+        tied = sorted(twins + ([int(ids[0])] if len(scope) == 2 or in_small[0] else []))
+        assert [r.asset_id for r in rank(space, u, scope, top_n=len(tied), backend="memory").rows] == tied
+        assert [r.asset_id for r in rank(space, u, scope, top_n=len(tied), exact=True).rows] == tied
 
 
 def test_hnsw_ranking_reads_the_index_and_recalls_the_exact_top_100(planted_space, library):
@@ -138,14 +166,14 @@ def test_hnsw_ranking_reads_the_index_and_recalls_the_exact_top_100(planted_spac
     recalls = []
     for _ in range(10):
         u = query(rng)
-        approx = rank(space, u, everyone, top_n=100, exact=False)
-        exact = rank(space, u, everyone, top_n=100, exact=True)
+        approx = rank(space, u, everyone, top_n=100, exact=False).rows
+        exact = rank(space, u, everyone, top_n=100, exact=True).rows
         assert len(approx) == 100
         recalls.append(len({r.asset_id for r in approx} & {r.asset_id for r in exact}) / 100)
     assert np.mean(recalls) >= 0.97
-    plan = ranking.explain(space, query(rng), everyone, top_n=100, exact=False)
+    plan = pgvector.explain(space, query(rng), everyone, top_n=100, exact=False)
     assert index_name(space) in plan
-    assert index_name(space) not in ranking.explain(space, query(rng), everyone, top_n=100, exact=True)
+    assert index_name(space) not in pgvector.explain(space, query(rng), everyone, top_n=100, exact=True)
 
 
 def prefer_the_index() -> None:
@@ -165,25 +193,25 @@ def test_a_filter_keeping_a_tenth_still_returns_the_full_top_n_through_the_index
     recalls = []
     for _ in range(10):
         u = query(rng)
-        approx = rank(space, u, [small.pk], top_n=100, exact=False)
+        approx = rank(space, u, [small.pk], top_n=100, exact=False).rows
         # Without the iterative scan the graph yields ef_search rows and the filter keeps ~10%.
         assert len(approx) == 100
         assert {r.asset_id for r in approx} <= set(ids[in_small].tolist())
         expected = brute_force(ids[in_small].tolist(), vectors[in_small], u, 100)
         recalls.append(len({r.asset_id for r in approx} & set(expected)) / 100)
     assert np.mean(recalls) >= 0.97
-    assert index_name(space) in ranking.explain(space, query(rng), [small.pk], top_n=100, exact=False)
+    assert index_name(space) in pgvector.explain(space, query(rng), [small.pk], top_n=100, exact=False)
 
     # The same query without the iterative scan: the graph stops at ef_search rows, the filter
     # keeps a tenth of them (what this test guards against).
-    configure = ranking._configure_scan
+    configure = pgvector._configure_scan
 
     def without_iterative_scan(cursor, top_n):
         configure(cursor, top_n)
         cursor.execute("SET LOCAL hnsw.iterative_scan = off")
 
-    monkeypatch.setattr(ranking, "_configure_scan", without_iterative_scan)
-    assert len(rank(space, query(rng), [small.pk], top_n=100, exact=False)) < 50
+    monkeypatch.setattr(pgvector, "_configure_scan", without_iterative_scan)
+    assert len(rank(space, query(rng), [small.pk], top_n=100, exact=False).rows) < 50
 
 
 def test_small_scopes_are_ranked_exactly_and_large_ones_through_the_index(planted_space, library, settings):
@@ -191,36 +219,37 @@ def test_small_scopes_are_ranked_exactly_and_large_ones_through_the_index(plante
     rng = np.random.default_rng(4)
     u = query(rng)
     settings.CLETIR_EXACT_RANK_MAX_ROWS = int(in_small.sum())  # the small library fits, both do not
-    assert ranking.choose_exact([small.pk]) and not ranking.choose_exact([library.pk, small.pk])
-    assert index_name(space) not in ranking.explain(space, u, [small.pk], top_n=100)
-    assert [r.asset_id for r in rank(space, u, [small.pk], top_n=100)] == brute_force(
+    assert pgvector.choose_exact([small.pk]) and not pgvector.choose_exact([library.pk, small.pk])
+    assert index_name(space) not in pgvector.explain(space, u, [small.pk], top_n=100)
+    assert [r.asset_id for r in rank(space, u, [small.pk], top_n=100, backend="pgvector").rows] == brute_force(
         ids[in_small].tolist(), vectors[in_small], u, 100)
-    assert index_name(space) in ranking.explain(space, u, [library.pk, small.pk], top_n=100)
+    assert index_name(space) in pgvector.explain(space, u, [library.pk, small.pk], top_n=100)
     # A scope the statistics put 10x above the limit is not counted (counting costs as much as
     # the graph query at 100k photos); one near the limit is.
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
     with CaptureQueriesContext(connection) as large:
-        assert ranking.candidate_count([library.pk, small.pk], int(in_small.sum())) > 4 * in_small.sum()
+        assert pgvector.candidate_count([library.pk, small.pk], int(in_small.sum())) > 4 * in_small.sum()
     with CaptureQueriesContext(connection) as near:
-        assert ranking.candidate_count([small.pk], int(in_small.sum())) == in_small.sum()
+        assert pgvector.candidate_count([small.pk], int(in_small.sum())) == in_small.sum()
     assert not any("COUNT(" in q["sql"] for q in large.captured_queries)
     assert any("COUNT(" in q["sql"] for q in near.captured_queries)
     settings.CLETIR_EXACT_RANK_MAX_ROWS = 0  # 0: always the index
-    assert not ranking.choose_exact([small.pk])
+    assert not pgvector.choose_exact([small.pk])
 
 
-def test_failed_photos_and_other_spaces_are_never_ranked(library):
+@pytest.mark.parametrize("how", EXACT_BACKENDS, ids=["memory", "pgvector"])
+def test_failed_photos_and_other_spaces_are_never_ranked(library, how):
     space, other = make_space("s1", 2, 2), make_space("s2", 2, 2)
     good = plant(space, library, np.array([[1, 0, 1, 0]] * 3, dtype=np.float32))
     failed = plant(space, library, np.array([[1, 0, 1, 0]] * 2, dtype=np.float32), start=10,
                    status=Asset.Status.FAILED)
     plant(other, library, np.array([[1, 0, 1, 0]] * 2, dtype=np.float32), start=20)
-    rows = rank(space, np.array([0.5, 0, 0.5, 0], dtype=np.float32), [library.pk], top_n=10)
+    rows = rank(space, np.array([0.5, 0, 0.5, 0], dtype=np.float32), [library.pk], top_n=10, **how).rows
     assert [r.asset_id for r in rows] == good  # equal scores: ascending asset id
     assert not set(failed) & {r.asset_id for r in rows}
-    assert rank(space, np.zeros(4, dtype=np.float32), [], top_n=10) == []
+    assert rank(space, np.zeros(4, dtype=np.float32), [], top_n=10, **how).rows == []
 
 
 # ---------------------------------------------------------------------------- the pipeline
@@ -352,7 +381,8 @@ def test_a_search_generates_proxies_once_and_a_repeat_reuses_them(tiny, ann, lib
     asset_ids = sorted(AssetEmbedding.objects.filter(space=tiny).values_list("asset_id", flat=True))
     assert [r.asset_id for r in results(second)] == brute_force(asset_ids, vectors, u, 50)
     assert [r.rank for r in results(second)] == list(range(1, 51))
-    assert all(r.score == r.text_score + r.image_score for r in results(second))  # stored exactly
+    # Stored as computed: float32 parts and their float32 sum.
+    assert all(np.float32(r.text_score) + np.float32(r.image_score) == np.float32(r.score) for r in results(second))
 
 
 def test_a_concurrent_twin_that_stored_the_same_proxy_set_first_wins(tiny):
@@ -555,7 +585,7 @@ def test_reruns_are_idempotent(tiny, ann, library, monkeypatch):
     ids = plant(tiny, library, np.stack([fused((1.0 - i / 10) * t, zero) for i in range(4)]))
     search = new_search(ann, text_only=True, top_n=3)
     # A run that stopped half-way: a stale partial result, status still "ranking".
-    SearchResult.objects.create(search=search, asset_id=ids[3], rank=1, score=9.0, text_score=9.0, image_score=0)
+    store_ranked(search, [(ids[3], 9.0, 9.0, 0.0)])
     Search.objects.filter(pk=search.pk).update(status=Search.Status.RANKING, progress=75)
     run_search(search.pk)
     first = [(r.asset_id, r.rank, r.score) for r in results(search)]
@@ -601,4 +631,4 @@ def test_deleting_a_photo_or_a_search_deletes_its_results(tiny, ann, library):
     Asset.objects.get(pk=ids[0]).delete()
     assert [r.asset_id for r in results(search)] == ids[1:]
     search.delete()
-    assert not SearchResult.objects.filter(asset_id__in=ids).exists()
+    assert not SearchResult.objects.filter(asset_id__in=ids).exists() and not SearchRanking.objects.exists()

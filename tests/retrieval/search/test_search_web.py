@@ -6,7 +6,8 @@ from rest_framework.test import APIClient
 
 from assets.models import Asset, Library
 from retrieval.search import service as search_service
-from retrieval.models import Search, SearchResult
+from retrieval.models import Search
+from tests.stored_results import store_ranked
 
 pytestmark = pytest.mark.django_db
 
@@ -95,10 +96,7 @@ def test_a_library_you_cannot_see_is_refused_like_one_that_does_not_exist(world,
 def _done_search(world, n=130):
     search = Search.objects.create(user=world["ann"], text="boat", k=4, status=Search.Status.DONE, progress=100,
                                    result_count=n)
-    SearchResult.objects.bulk_create([
-        SearchResult(search=search, asset=world["photos"][i], rank=i + 1, score=1 - i / 1000,
-                     text_score=0.5 - i / 2000, image_score=0.5 - i / 2000) for i in range(n)
-    ])
+    store_ranked(search, [(world["photos"][i], 1 - i / 1000, 0.5 - i / 2000, 0.5 - i / 2000) for i in range(n)])
     return search
 
 
