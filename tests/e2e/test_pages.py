@@ -8,6 +8,7 @@ Screenshots go to test-artifacts/e2e/ (cleared when a browser test starts).
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from retrieval.models import Album, AlbumPhoto
@@ -97,7 +98,8 @@ def test_the_audit_offers_what_each_photo_allows_and_the_album_is_deleted_only_o
     page.goto(f"{url}/albums/{album.pk}/audit")
     for photo, (score, _, label, buttons) in zip(photos, AUDIT):
         row = page.locator(f".result[data-asset='{photo.pk}']")
-        expect(row.locator(".meta")).to_contain_text(f"{score:.4f} · {label}")
+        # Scores as the page writes them: every digit of their float32 value (retrieval.search.scores).
+        expect(row.locator(".meta")).to_contain_text(f"{np.float32(score)} · {label}")
         expect(row.locator("button")).to_have_text(buttons)
     screenshot("audit")
 
@@ -105,12 +107,12 @@ def test_the_audit_offers_what_each_photo_allows_and_the_album_is_deleted_only_o
     below = page.locator(f".result[data-asset='{photos[4].pk}']")
     below.locator("button:has-text('Unpin')").click()
     expect(page.locator(".messages")).to_contain_text("It scores below the cutoff, so it is not in the album now.")
-    expect(below.locator(".meta")).to_contain_text("0.4375 · not in")
+    expect(below.locator(".meta")).to_contain_text(f"{np.float32(0.4375)} · not in")
     expect(below.locator("button")).to_have_text(["Pin"])
     # Putting back the removed photo above the cutoff brings it in.
     above = page.locator(f".result[data-asset='{photos[2].pk}']")
     above.locator("button:has-text('Put back')").click()
-    expect(above.locator(".meta")).to_contain_text("0.6250 · in")
+    expect(above.locator(".meta")).to_contain_text(f"{np.float32(0.625)} · in")
     assert dict(AlbumPhoto.objects.filter(album=album).values_list("asset_id", "state")) == {
         photos[0].pk: "auto", photos[1].pk: "pinned", photos[2].pk: "auto", photos[6].pk: "removed"}
     screenshot("audit-after-unpin-and-put-back")
