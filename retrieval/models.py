@@ -364,9 +364,11 @@ class Search(models.Model):
             self.requeued_at = now
         return bool(claimed)
 
-    def record_matches(self, count: int, cutoff: float, estimate: dict) -> None:
-        """The match estimate of a finished search (not a state change: the results stand)."""
-        self._write(match_count=count, match_cutoff=cutoff, match_estimate=estimate)
+    def record_matches(self, count: int, cutoff: float, estimate: dict, timings: dict | None = None) -> None:
+        """The match estimate of a finished search (not a state change: the results stand), and
+        its final timings in the same write when given."""
+        fields = {"match_count": count, "match_cutoff": cutoff, "match_estimate": estimate}
+        self._write(**fields, **({"timings": timings} if timings is not None else {}))
 
 
 def search_example_path(example: "SearchExample", filename: str) -> str:

@@ -12,6 +12,8 @@ album saved from the search takes the same photos.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from django.conf import settings
 
@@ -67,8 +69,12 @@ def estimate_scope_matches(space: EmbeddingSpace, u: np.ndarray, ranking: Rankin
 
 
 def record_matches(search: Search, space: EmbeddingSpace, u: np.ndarray, ranking: Ranking,
-                   references: list[np.ndarray]) -> MatchEstimate:
-    """Estimate the search's matches over its whole scope and store them on the search."""
+                   references: list[np.ndarray], timings: dict | None = None) -> MatchEstimate:
+    """Estimate the search's matches over its whole scope and store them on the search (with
+    `timings`, when given, in the same write: the count's own seconds go in as "matches")."""
+    started = time.perf_counter()
     estimate, photos = estimate_scope_matches(space, u, ranking, references, settings.CLETIR_MATCH_POSTERIOR)
-    search.record_matches(estimate.count, estimate.cutoff, {**estimate.as_dict(), "photos": int(photos)})
+    if timings is not None:
+        timings = {**timings, "matches": round(time.perf_counter() - started, 6)}
+    search.record_matches(estimate.count, estimate.cutoff, {**estimate.as_dict(), "photos": int(photos)}, timings)
     return estimate

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cached_property
 
 import numpy as np
 from django.conf import settings
@@ -72,6 +73,11 @@ class _Run:
         self._held: dict = {}
         self._saved_at = time.perf_counter()
 
+    @cached_property
+    def visible_libraries(self) -> list[int]:
+        """The libraries the search's user may see now, read once per run."""
+        return visible_library_ids(self.search.user)
+
     def progress(self, value: int, **fields) -> None:
         """Progress, and fields only the page shows (the proxy set): written now when the last
         write is older than PROGRESS_INTERVAL, else held for the next write."""
@@ -99,11 +105,16 @@ class _Run:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.timings.items()}
 
 
-def execute(search: Search) -> None:
+RUN_QUERYSET = Search.objects.select_related("user", "parent__proxy_set")  # what a run reads of its search
+
+
+def execute(search: Search, fresh: bool = False) -> None:
     """Run `search` to the end: results stored and status DONE, or an exception raised (the
     task marks the search FAILED). A search already DONE returns at once; a re-run of one that
-    stopped half-way starts over (its partial state is discarded)."""
-    search.refresh_from_db(from_queryset=Search.objects.select_related("user", "parent__proxy_set"))
+    stopped half-way starts over (its partial state is discarded). `fresh`: the caller has just
+    read the search through RUN_QUERYSET."""
+    if not fresh:
+        search.refresh_from_db(from_queryset=RUN_QUERYSET)
     if search.status == Search.Status.DONE:
         return
     run = _Run(search)
@@ -121,7 +132,7 @@ def _execute(run: _Run) -> None:
     space = serving_space()
     if space is None:
         raise SearchFailed(NO_SPACE)
-    library_ids = search_library_ids(search)
+    library_ids = search_library_ids(search, run.visible_libraries)
     search.mark_running(space)
     # 2. What: the text vector, the proxies, the example photos and the negatives.
     inputs = _gather_inputs(run, space)
@@ -149,7 +160,7 @@ def _gather_inputs(run: _Run, space: EmbeddingSpace) -> QueryInputs:
     search = run.search
     text = normalise_query(search.text)
     images = not search.text_only  # λ = 0 switches the image half off: read none of it
-    positives = _visible_assets(search, search.positive_assets) if images else []
+    positives = _visible_assets(run, search.positive_assets) if images else []
     uploads = list(search.examples.all()) if images else []
     positive_files = [e.file.path for e in uploads if e.kind == SearchExample.Kind.POSITIVE]
     negative_files = [e.file.path for e in uploads if e.kind == SearchExample.Kind.NEGATIVE]
@@ -178,9 +189,9 @@ def _gather_inputs(run: _Run, space: EmbeddingSpace) -> QueryInputs:
                        lambda_override=search.lambda_override)
 
 
-def _visible_assets(search: Search, assets) -> list:
+def _visible_assets(run: _Run, assets) -> list:
     """Example photos from libraries the user may see now (others are ignored, never read)."""
-    return list(assets.filter(library_id__in=visible_library_ids(search.user)).order_by("pk"))
+    return list(assets.filter(library_id__in=run.visible_libraries).order_by("pk"))
 
 
 def _proxy_set(run: _Run, space: EmbeddingSpace, text: str) -> ProxySet:
@@ -206,7 +217,7 @@ def _proxy_set(run: _Run, space: EmbeddingSpace, text: str) -> ProxySet:
 def _negative_vectors(run: _Run, space: EmbeddingSpace, files: list[str]) -> np.ndarray | None:
     """Vision vectors of everything the user marked as "not this"."""
     search = run.search
-    photos = _visible_assets(search, search.negative_assets)
+    photos = _visible_assets(run, search.negative_assets)
     negative_text = normalise_query(search.negative_text)
     if not (photos or files or negative_text):
         return None
@@ -258,10 +269,8 @@ def _store(run: _Run, plan: QueryPlan, space: EmbeddingSpace, scope: Scope, rank
 def _count_matches(run: _Run, space: EmbeddingSpace, plan: QueryPlan, ranking: Ranking) -> None:
     """Estimate the matches over the whole scope: it runs after DONE and must not delay the
     ranked results; the page waits for the count."""
-    started = time.perf_counter()
     try:
-        record_matches(run.search, space, plan.u, ranking, list(plan.references))
-        run.timings["matches"] = time.perf_counter() - started
+        record_matches(run.search, space, plan.u, ranking, list(plan.references), run.rounded_timings())
     except Exception:  # the count is an estimate on top of finished results: log, keep the results
         logger.exception("could not count the matching photos of search %s", run.search.pk)
-    run.search.save_progress(timings=run.rounded_timings())
+        run.search.save_progress(timings=run.rounded_timings())

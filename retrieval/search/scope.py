@@ -18,6 +18,9 @@ def visible_library_ids(user, chosen_ids: Iterable[int] = ()) -> list[int]:
     return sorted(visible & chosen if chosen else visible)
 
 
-def search_library_ids(search) -> list[int]:
-    """The libraries `search` ranks: its chosen ones its user may see now."""
-    return visible_library_ids(search.user, search.libraries.values_list("pk", flat=True))
+def search_library_ids(search, visible: Iterable[int] | None = None) -> list[int]:
+    """The libraries `search` ranks: its chosen ones its user may see now (`visible`, when the
+    caller has read them already)."""
+    chosen = set(search.libraries.values_list("pk", flat=True))
+    visible = set(visible_library_ids(search.user) if visible is None else visible)
+    return sorted(visible & chosen if chosen else visible)

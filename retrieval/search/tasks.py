@@ -40,10 +40,10 @@ def run_search(self, search_id: int, outage_since: float | None = None) -> dict:
     When it ends, the user's next waiting search is sent to the queue."""
     # The runner is imported here, in the worker, not with this module: the web process imports
     # this module to queue searches, and the runner pulls in torch and the models' libraries.
-    from .runner import SearchFailed, execute
+    from .runner import RUN_QUERYSET, SearchFailed, execute
 
     try:
-        search = Search.objects.filter(pk=search_id).select_related("user").first()
+        search = RUN_QUERYSET.filter(pk=search_id).first()
         if search is None:
             return {"search": search_id, "status": "deleted"}
         if search.status != Search.Status.FAILED:
@@ -76,7 +76,7 @@ def run_search(self, search_id: int, outage_since: float | None = None) -> dict:
 
 def _execute(search: Search, execute, failed_error) -> None:
     try:
-        execute(search)
+        execute(search, fresh=True)
     except failed_error as exc:
         search.mark_failed(str(exc))
         logger.warning("search %s failed: %s", search.pk, exc)
@@ -117,10 +117,12 @@ def dispatch_waiting(user_id: int) -> int:
     ends (the task), and by the sweeper (a worker that died before it could call it)."""
     limit = settings.CLETIR_SEARCHES_IN_FLIGHT_PER_USER
     now = timezone.now()
+    waiting = Search.objects.filter(user_id=user_id, status=Search.Status.QUEUED, dispatched_at__isnull=True)
+    if not waiting.exists():
+        return 0  # the usual case when a search ends; one made meanwhile dispatches itself
     with transaction.atomic():
         # The user's row lock: two requests of one user at once must not both see room for one more.
         list(get_user_model().objects.select_for_update().filter(pk=user_id).values_list("pk", flat=True))
-        waiting = Search.objects.filter(user_id=user_id, status=Search.Status.QUEUED, dispatched_at__isnull=True)
         if limit > 0:
             in_flight = Search.objects.unfinished().filter(user_id=user_id, dispatched_at__isnull=False).count()
             waiting = waiting.order_by("created_at", "pk")[:max(0, limit - in_flight)]

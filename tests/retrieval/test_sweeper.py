@@ -117,7 +117,7 @@ def test_a_message_delivered_again_after_the_sweep_does_not_revive_a_failed_sear
 
     dead = search(ann, Search.Status.GENERATING, STALE + 5, started=True)
     sweep_stale_work()
-    monkeypatch.setattr(search_runner, "execute", lambda s: pytest.fail("a failed search ran again"))
+    monkeypatch.setattr(search_runner, "execute", lambda s, **kw: pytest.fail("a failed search ran again"))
 
     assert run_search(dead.pk) == {"search": dead.pk, "status": "failed"}
     assert states(dead) == [("failed", WORKER_DIED)]

@@ -34,7 +34,7 @@ def post(user, text: str, django_capture_on_commit_callbacks) -> int:
 
 def finish(search_id: int, monkeypatch) -> None:
     """A worker runs the search (its ranking stubbed out: the dispatch is what is tested)."""
-    monkeypatch.setattr(search_runner, "execute", lambda search: Search.objects.filter(pk=search.pk).update(
+    monkeypatch.setattr(search_runner, "execute", lambda search, **kw: Search.objects.filter(pk=search.pk).update(
         status=Search.Status.DONE))
     run_search(search_id)
 
@@ -78,7 +78,7 @@ def test_a_run_started_while_the_database_is_away_is_tried_again_until_it_is_bac
             raise OperationalError("could not connect to server: Connection refused")
         return execute(sql, params, many, context)
 
-    monkeypatch.setattr(search_runner, "execute", lambda s: Search.objects.filter(pk=s.pk).update(
+    monkeypatch.setattr(search_runner, "execute", lambda s, **kw: Search.objects.filter(pk=s.pk).update(
         status=Search.Status.DONE))
     with connection.execute_wrapper(database_away):
         result = run_search.apply(args=[search.pk])
