@@ -121,18 +121,32 @@ class PlantedData:
 
 
 def copy_assets(cursor, first_id: int, library_ids: np.ndarray) -> None:
-    """Asset rows with explicit ids first_id.. (text COPY: short rows)."""
+    """Asset rows with explicit ids first_id.. (text COPY: short rows). The columns not named
+    here get their model defaults (Django keeps defaults in Python, not in the table)."""
     from assets.models import Asset
 
+    given = {"id", "library_id", "file", "sha256", "status", "created_at"}
+    defaults = [(field.column, field.get_default()) for field in Asset._meta.concrete_fields
+                if field.column not in given and not field.null]
+    tail = "".join("\t" + _copy_text(value) for _, value in defaults)
     buffer = io.StringIO()
     for offset, library in enumerate(library_ids):
         pk = first_id + offset
-        buffer.write(f"{pk}\t{int(library)}\tbench/{pk}.jpg\t\t{pk:064x}\t0\t\tready\t\t2026-01-01 00:00:00+00\n")
-    columns = "id, library_id, file, original_name, sha256, size_bytes, format, status, error, created_at"
+        buffer.write(f"{pk}\t{int(library)}\tbench/{pk}.jpg\t{pk:064x}\tready\t2026-01-01 00:00:00+00{tail}\n")
+    columns = ", ".join(["id", "library_id", "file", "sha256", "status", "created_at", *(c for c, _ in defaults)])
     with cursor.copy(f'COPY "{Asset._meta.db_table}" ({columns}) FROM STDIN') as copy:
         copy.write(buffer.getvalue())
     cursor.execute(f"SELECT setval(pg_get_serial_sequence('{Asset._meta.db_table}', 'id'), %s)",
                    [first_id + len(library_ids)])
+
+
+def _copy_text(value) -> str:
+    """A default value in COPY's text format (strings here have no tabs or newlines)."""
+    if isinstance(value, (list, tuple)):
+        return "{" + ",".join(str(v) for v in value) + "}"
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    return str(value)
 
 
 def copy_embeddings(cursor, space_id: int, asset_ids: np.ndarray, vectors: np.ndarray) -> None:

@@ -5,7 +5,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
-from django.db import connection, models, transaction
+from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 from pgvector.django import HalfVectorField
@@ -310,15 +310,11 @@ class Search(models.Model):
     def _write(self, **fields) -> None:
         for name, value in fields.items():
             setattr(self, name, value)
-        # A search's state is derived and short-lived, so it commits without waiting for the
-        # disk: a database crash loses at most its last fraction of a second (the stale-work
-        # sweep then fails the search with its reason), and each state change saves a flush
-        # (~1.5-10 ms on a busy machine, bench/search.py). Inside a caller's transaction the
-        # setting holds until that one ends.
-        with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL synchronous_commit = off")
-            Search.objects.filter(pk=self.pk).update(**fields)
+        # A search's state is derived and short-lived: the search task's connection commits it
+        # without waiting for the disk (retrieval.search.tasks.run_search: a database crash loses
+        # at most its last fraction of a second, and the stale-work sweep then fails the search
+        # with its reason; each state change saves a flush of ~1.5-10 ms on a busy machine).
+        Search.objects.filter(pk=self.pk).update(**fields)
 
     def _progress_fields(self, fields: dict) -> dict:
         unknown = set(fields) - self.PROGRESS_FIELDS

@@ -19,6 +19,7 @@ from functools import cached_property
 import numpy as np
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Exists, OuterRef
 
 from retrieval.engine.seeds import proxy_seeds
 
@@ -105,7 +106,13 @@ class _Run:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.timings.items()}
 
 
-RUN_QUERYSET = Search.objects.select_related("user", "parent__proxy_set")  # what a run reads of its search
+# What a run reads of its search, in one query: whether it has example photos, negatives or
+# uploads is known before any of them is read (most searches have none).
+RUN_QUERYSET = Search.objects.select_related("user", "parent__proxy_set").annotate(
+    has_positives=Exists(Search.positive_assets.through.objects.filter(search_id=OuterRef("pk"))),
+    has_negatives=Exists(Search.negative_assets.through.objects.filter(search_id=OuterRef("pk"))),
+    has_uploads=Exists(SearchExample.objects.filter(search_id=OuterRef("pk"))),
+)
 
 
 def execute(search: Search, fresh: bool = False) -> None:
@@ -114,7 +121,7 @@ def execute(search: Search, fresh: bool = False) -> None:
     stopped half-way starts over (its partial state is discarded). `fresh`: the caller has just
     read the search through RUN_QUERYSET."""
     if not fresh:
-        search.refresh_from_db(from_queryset=RUN_QUERYSET)
+        search = RUN_QUERYSET.get(pk=search.pk)
     if search.status == Search.Status.DONE:
         return
     run = _Run(search)
@@ -160,8 +167,8 @@ def _gather_inputs(run: _Run, space: EmbeddingSpace) -> QueryInputs:
     search = run.search
     text = normalise_query(search.text)
     images = not search.text_only  # λ = 0 switches the image half off: read none of it
-    positives = _visible_assets(run, search.positive_assets) if images else []
-    uploads = list(search.examples.all()) if images else []
+    positives = _visible_assets(run, search.positive_assets) if images and _has(search, "has_positives") else []
+    uploads = list(search.examples.all()) if images and _has(search, "has_uploads") else []
     positive_files = [e.file.path for e in uploads if e.kind == SearchExample.Kind.POSITIVE]
     negative_files = [e.file.path for e in uploads if e.kind == SearchExample.Kind.NEGATIVE]
     if not text and not (positives or positive_files):
@@ -187,6 +194,11 @@ def _gather_inputs(run: _Run, space: EmbeddingSpace) -> QueryInputs:
     return QueryInputs(vlm_dim=space.vlm_dim, vision_dim=space.vision_dim, text_vector=t, proxies=proxies,
                        proxy_enabled=enabled, examples=examples, negatives=negatives,
                        lambda_override=search.lambda_override)
+
+
+def _has(search: Search, name: str) -> bool:
+    """RUN_QUERYSET's answer, or True (look) for a search read without it."""
+    return getattr(search, name, True)
 
 
 def _visible_assets(run: _Run, assets) -> list:
@@ -217,7 +229,7 @@ def _proxy_set(run: _Run, space: EmbeddingSpace, text: str) -> ProxySet:
 def _negative_vectors(run: _Run, space: EmbeddingSpace, files: list[str]) -> np.ndarray | None:
     """Vision vectors of everything the user marked as "not this"."""
     search = run.search
-    photos = _visible_assets(run, search.negative_assets)
+    photos = _visible_assets(run, search.negative_assets) if _has(search, "has_negatives") else []
     negative_text = normalise_query(search.negative_text)
     if not (photos or files or negative_text):
         return None
