@@ -242,11 +242,13 @@ class AlbumPhotoInline(admin.TabularInline):
 
 @admin.register(Album)
 class AlbumAdmin(admin.ModelAdmin):
-    list_display = ["short_name", "user", "space", "cutoff", "members", "created_at"]
-    list_filter = ["space"]
+    list_display = ["short_name", "user", "space", "derivation", "cutoff", "members", "shared", "created_at"]
+    list_filter = ["space", "derivation", "shared"]
     search_fields = ["name", "user__username"]
-    readonly_fields = ["space", "cutoff", "source_search", "proxy_set", "disabled_proxies", "created_at"]
-    exclude = ["query_vector"]
+    readonly_fields = ["space", "cutoff", "source_search", "proxy_set", "disabled_proxies", "text", "k", "seed",
+                       "lambda_override", "text_only", "negative_text", "derivation", "derivation_error",
+                       "derivation_queued_at", "derived_at", "created_at"]
+    exclude = ["query_vector", "positive_assets", "negative_assets"]
     inlines = [AlbumPhotoInline]
 
     @admin.display(description="name", ordering="name")

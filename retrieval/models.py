@@ -1,6 +1,7 @@
 """Embedding spaces, photo vectors, and worker heartbeats."""
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
 from django.conf import settings
@@ -423,21 +424,56 @@ class SearchResult(models.Model):
         ordering = ["search", "rank"]
 
 
+class AlbumDerivation(models.TextChoices):
+    """Where an album stands with the serving space (retrieval.albums.derive)."""
+
+    CURRENT = "current", "Up to date"
+    UPDATING = "updating", "Updating for the new model"
+    FAILED = "failed", "Update for the new model failed"
+
+
 class Album(models.Model):
     """A saved category ("smart album"): a search's query vector and match cutoff, kept so
-    that photos indexed later join it when they score above the cutoff (retrieval.albums)."""
+    that photos indexed later join it when they score above the cutoff (retrieval.albums).
+
+    Beside the vector it keeps the search's recipe (what the vector was made from: text, seed,
+    K, λ, kept proxies, example and negative photos, uploaded examples, libraries), so that when
+    another space starts serving, the album is made again there (retrieval.albums.derive)."""
+
+    Derivation = AlbumDerivation
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="albums")
     name = models.CharField(max_length=200)
     # Empty: every library the user may see (at the time a photo is scored or shown).
     libraries = models.ManyToManyField(Library, blank=True, related_name="+")
-    space = models.ForeignKey(EmbeddingSpace, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+    # PROTECT: an album's space cannot be deleted until the album is re-derived in the serving
+    # space (retrieval.albums.derive): its photos and cutoff still come from it meanwhile.
+    space = models.ForeignKey(EmbeddingSpace, on_delete=models.PROTECT, null=True, blank=True, related_name="albums",
                               help_text="The space of the query vector; photos of other spaces are not scored")
     query_vector = models.BinaryField(help_text="u = [(1-λ)t; λq] as float32 bytes")
     cutoff = Float32Field(help_text="Photos scoring at least this join the album")
     source_search = models.ForeignKey(Search, on_delete=models.SET_NULL, null=True, blank=True, related_name="albums")
     proxy_set = models.ForeignKey(ProxySet, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     disabled_proxies = models.JSONField(default=list, blank=True)
+    # The recipe (copied from the search when the album is saved; the source search may go).
+    text = models.CharField(max_length=300, blank=True)
+    k = models.PositiveSmallIntegerField(default=0)
+    seed = models.BigIntegerField(default=0)
+    lambda_override = models.FloatField(null=True, blank=True)
+    text_only = models.BooleanField(default=False)
+    negative_text = models.CharField(max_length=300, blank=True)
+    positive_assets = models.ManyToManyField(Asset, blank=True, related_name="+")
+    negative_assets = models.ManyToManyField(Asset, blank=True, related_name="+")
+    # Re-derivation in a newly serving space: queued (UPDATING) or FAILED with its reason; the
+    # album keeps showing its photos from `space` meanwhile.
+    derivation = models.CharField(max_length=10, choices=Derivation.choices, default=Derivation.CURRENT)
+    derivation_error = models.TextField(blank=True)
+    derivation_queued_at = models.DateTimeField(null=True, blank=True,
+                                                help_text="When the last re-derivation was queued (the sweeper queues "
+                                                          "a stale or failed one again)")
+    derived_at = models.DateTimeField(null=True, blank=True, help_text="When the album was last re-derived")
+    # Read-only for the members of its libraries (each sees the photos of libraries they see).
+    shared = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -445,6 +481,19 @@ class Album(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+def album_example_path(example: "AlbumExample", filename: str) -> str:
+    return f"album-examples/{example.album_id}/{uuid.uuid4().hex}-{example.kind}.jpg"
+
+
+class AlbumExample(models.Model):
+    """An uploaded example photo of the album's recipe: the album's own copy of its search's
+    upload (each owner deletes its own files), encoded again in every new space."""
+
+    album = models.ForeignKey(Album, on_delete=models.CASCADE, related_name="examples")
+    kind = models.CharField(max_length=10, choices=SearchExample.Kind.choices)
+    file = models.ImageField(upload_to=album_example_path, max_length=300)
 
 
 class AlbumPhoto(models.Model):

@@ -12,6 +12,8 @@ rows tell what should be happening, so this sweep reads them and acts:
   photo indexed for CLETIR_PHOTO_WORK_STALE_SECONDS: indexing is queued again;
 * photos waiting for their renditions: `assets.sweeps.sweep_renditions` (assets' own rule,
   judged per photo);
+* albums not yet re-derived in the serving space (`retrieval.albums.derive`) whose re-derivation
+  was never queued, or was queued or failed CLETIR_SEARCH_STALE_SECONDS ago: queued again;
 * the ranking change feed (`retrieval.search.ranking.feed`) forgets changes older than
   CLETIR_RANK_FEED_KEEP_SECONDS (a worker's copy idle for longer reloads).
 
@@ -32,7 +34,8 @@ from django.utils import timezone
 from assets.sweeps import sweep_renditions
 
 from .indexing.progress import pending_assets
-from .indexing.spaces import active_space
+from .albums.tasks import requeue_stale_derivations
+from .indexing.spaces import active_space, serving_space
 from .indexing.tasks import QUEUED_TASK_EXPIRY, schedule_indexing
 from .models import AssetEmbedding, IndexingFailure, Search
 from .search.ranking.feed import prune_changes
@@ -51,6 +54,7 @@ class SweepReport:
     searches_dispatched: int = 0
     indexing_scheduled: int = 0
     renditions_requeued: int = 0
+    albums_requeued: int = 0
     ranking_changes_pruned: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -67,6 +71,7 @@ def sweep_stale_work(now: datetime | None = None) -> SweepReport:
         searches_dispatched=sweep_waiting_searches(),
         indexing_scheduled=sweep_indexing(now),
         renditions_requeued=sweep_renditions(now),
+        albums_requeued=requeue_stale_derivations(getattr(serving_space(), "pk", None), now),
         ranking_changes_pruned=prune_changes(settings.CLETIR_RANK_FEED_KEEP_SECONDS),
     )
     if any(v for k, v in report.as_dict().items() if k != "ranking_changes_pruned"):

@@ -19,6 +19,7 @@ urlpatterns += [
     path("albums/<int:pk>/", album_views.album_detail, name="album-detail"),
     path("albums/<int:pk>/audit", album_views.album_audit, name="album-audit"),
     path("albums/<int:pk>/delete", album_views.album_delete, name="album-delete"),
+    path("albums/<int:pk>/share", album_views.album_share, name="album-share"),
     path("albums/<int:pk>/photos/<int:asset_id>/state", album_views.album_photo_state, name="album-photo-state"),
     path("search/<int:pk>/save-album", album_views.album_from_search, name="search-save-album"),
     re_path(r"^albums/(?P<pk>[0-9]+)/export\.(?P<kind>csv|zip)$", album_views.album_export, name="album-export"),

@@ -21,16 +21,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
+from django.core.files.base import ContentFile
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
+from assets.media import record_removal, settle_quietly
 from assets.models import Asset, Library
 
-from ..models import Album, AlbumPhoto, AssetEmbedding, EmbeddingSpace, Search
+from ..models import Album, AlbumExample, AlbumPhoto, AssetEmbedding, EmbeddingSpace, Search
 from ..search.matches import query_from_bytes
 from ..search.ranking.exact import exact_at_least, exact_neighbours
+from ..search.ranking import Scope
 from ..search.ranking.pgvector import scope_scores
 from ..search.results import SORTS
 from ..search.scores import as_score, exact_parts
@@ -49,9 +53,20 @@ def album_library_ids(album: Album) -> list[int]:
     return visible_library_ids(album.user, album.libraries.values_list("pk", flat=True))
 
 
+def album_scope(album: Album) -> Scope:
+    """The photos the album's query covers now (its libraries the owner may see): what a
+    search of its recipe would rank, where albums are made, scored and re-derived."""
+    return Scope.of(album_library_ids(album))
+
+
 def viewable_library_ids(album: Album, viewer) -> list[int]:
     """The album's libraries that `viewer` may see now (the owner, or staff in the admin)."""
     return sorted(set(visible_library_ids(viewer)) & set(album_library_ids(album)))
+
+
+# What an album keeps of its search's recipe besides its libraries, photos and uploads (copied
+# field by field when it is saved; retrieval.albums.derive makes the query again from them).
+RECIPE_FIELDS = ("text", "k", "seed", "lambda_override", "text_only", "negative_text", "disabled_proxies")
 
 
 def create_album_from_search(user, search: Search, name: str) -> Album:
@@ -69,18 +84,37 @@ def create_album_from_search(user, search: Search, name: str) -> Album:
         album = Album.objects.create(
             user=user, name=name[:200], space=search.space, query_vector=bytes(search.query_vector),
             cutoff=search.match_cutoff, source_search=search, proxy_set=search.proxy_set,
-            disabled_proxies=list(search.disabled_proxies),
+            **{field: getattr(search, field) for field in RECIPE_FIELDS},
         )
+        album.disabled_proxies = list(album.disabled_proxies)
         album.libraries.set(search.libraries.all())
+        album.positive_assets.set(search.positive_assets.all())
+        album.negative_assets.set(search.negative_assets.all())
+        for example in search.examples.order_by("pk"):  # a copy each: the album owns (and deletes) its files
+            with example.file.open("rb") as source:
+                AlbumExample.objects.create(album=album, kind=example.kind, file=ContentFile(source.read(), "example"))
         if album.space is not None:
-            u = query_from_bytes(album.query_vector)
-            fast = scope_scores(album.space, u, album_library_ids(album))
-            ids, scores = exact_at_least(fast, album.cutoff, u, album.space.vlm_dim)
-            AlbumPhoto.objects.bulk_create(
-                [AlbumPhoto(album=album, asset_id=int(a), score=float(s)) for a, s in zip(ids, scores)],
-                batch_size=2000,
-            )
+            add_scope_members(album, album.space, query_from_bytes(album.query_vector), album.cutoff)
     return album
+
+
+def add_scope_members(album: Album, space: EmbeddingSpace, u: np.ndarray, cutoff: float) -> dict[int, float]:
+    """Every photo of the album's scope scoring at least `cutoff` in `space` joins (state auto;
+    rows already there keep their state). Returns {asset id: score} of those photos."""
+    fast = scope_scores(space, u, album_scope(album))
+    ids, scores = exact_at_least(fast, cutoff, u, space.vlm_dim)
+    members = {int(a): float(s) for a, s in zip(ids, scores)}
+    AlbumPhoto.objects.bulk_create([AlbumPhoto(album=album, asset_id=a, score=s) for a, s in members.items()],
+                                   batch_size=2000, ignore_conflicts=True)
+    return members
+
+
+def delete_album(album: Album) -> None:
+    """Delete an album with its own files (its uploaded examples), once the rows are gone."""
+    with transaction.atomic():
+        pending = record_removal(album.examples.values_list("file", flat=True))
+        album.delete()
+        transaction.on_commit(partial(settle_quietly, pending))
 
 
 def add_indexed_photos(space: EmbeddingSpace, assets: Sequence[Asset], vectors: np.ndarray) -> int:
@@ -121,6 +155,16 @@ def add_indexed_photos(space: EmbeddingSpace, assets: Sequence[Asset], vectors: 
                         if a in existing and a not in leaving]
             AlbumPhoto.objects.bulk_update(rescored, ["score"])
     return added
+
+
+def score_stored_photos(space: EmbeddingSpace, asset_ids: Sequence[int]) -> int:
+    """`add_indexed_photos` for photos by id, with their vectors as the database holds them."""
+    stored = dict(AssetEmbedding.objects.filter(space=space, asset_id__in=list(asset_ids))
+                  .values_list("asset_id", "vector"))
+    assets = list(Asset.objects.filter(pk__in=list(stored)).order_by("pk"))
+    if not assets:
+        return 0
+    return add_indexed_photos(space, assets, np.stack([np.asarray(stored[a.pk], dtype=np.float32) for a in assets]))
 
 
 def set_photo_state(album: Album, asset_id: int, state: str) -> AlbumPhoto | None:
@@ -204,6 +248,43 @@ def audit(album: Album, viewer, side: int = AUDIT_SIDE) -> Audit:
 
 def albums_of(user) -> QuerySet[Album]:
     return Album.objects.filter(user=user)
+
+
+NOT_OWNER = "Only the album's owner may change it; it is shared with you read-only."
+
+
+def change_album(album: Album, name: str | None = None, shared: bool | None = None) -> Album:
+    """Rename or share/unshare an album (its owner's call; the faces check that)."""
+    fields = {}
+    if name is not None:
+        name = name.strip()
+        if not name:
+            raise AlbumError("An album needs a name.")
+        fields["name"] = name[:200]
+    if shared is not None:
+        fields["shared"] = shared
+    for field, value in fields.items():
+        setattr(album, field, value)
+    if fields:
+        album.save(update_fields=list(fields))
+    return album
+
+
+def can_view(album: Album, user) -> bool:
+    """The owner, or, for a shared album, a member of one of its libraries now (read-only)."""
+    return album.user_id == user.pk or (album.shared and bool(viewable_library_ids(album, user)))
+
+
+def albums_visible_to(user) -> list[Album]:
+    """The user's own albums, then those shared with them (by name), read when asked: unsharing
+    or leaving the libraries hides an album at once. A user sees a handful of albums, so each
+    shared one is checked by the album page's own rule (`can_view`)."""
+    own = list(albums_of(user).select_related("user", "source_search").order_by("name", "pk"))
+    visible = visible_library_ids(user)
+    shared = (Album.objects.filter(shared=True).exclude(user=user)
+              .filter(Q(libraries__in=visible) | Q(libraries=None)).distinct()
+              .select_related("user", "source_search").order_by("name", "pk"))
+    return own + [album for album in shared if can_view(album, user)]
 
 
 def library_names(ids: list[int]) -> list[str]:

@@ -1,8 +1,10 @@
-"""REST API of smart albums: list, create from a search, retrieve, photos, pin, remove, hand a
-photo back to its score, delete.
+"""REST API of smart albums: list, create from a search, retrieve, rename and share, photos,
+pin, remove, hand a photo back to its score, delete.
 
-Albums are the current user's only (another user's answers 404); an album's photos are read
-through `retrieval.albums.albums.album_photos`, which drops libraries the user can no longer see.
+An album is its owner's; a shared one is also readable by the members of its libraries
+(`albums.can_view`). One the user cannot see answers 404; a shared one they see but do not own
+answers 403 to every change. An album's photos are read through
+`retrieval.albums.albums.album_photos`, which keeps the libraries the *viewer* may see now.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.response import Response
 
 from assets.api import EXPORT_URL_PATH, DownloadNegotiation, PhotoPagination, export_schema
@@ -19,7 +21,17 @@ from assets.export import export_response
 
 from ..models import Album, AlbumPhoto, Search
 from ..search.results import SORTS
-from .albums import AlbumError, album_photos, create_album_from_search, set_photo_state
+from .albums import (
+    NOT_OWNER,
+    AlbumError,
+    album_photos,
+    albums_visible_to,
+    can_view,
+    change_album,
+    create_album_from_search,
+    delete_album,
+    set_photo_state,
+)
 from .export import album_export_name, album_export_rows, album_sidecar_keywords
 
 
@@ -28,13 +40,18 @@ class AlbumSerializer(serializers.ModelSerializer):
     photos_url = serializers.SerializerMethodField()
     libraries = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
     space = serializers.CharField(source="space.name", default=None, read_only=True)
+    owner = serializers.CharField(source="user.username", read_only=True)
+    derivation = serializers.ChoiceField(Album.Derivation.choices, read_only=True, help_text=(
+        "`current`; `updating`: being made again for the model search uses now (its photos stay meanwhile); "
+        "`failed`: that failed (`derivation_error` says why; it is tried again later)"))
 
     class Meta:
         model = Album
         # No proxy set id: sets are shared between users, and an id seen twice would tell one user
         # that another searched the same category (retrieval.search.cache_privacy).
-        fields = ["id", "url", "photos_url", "name", "libraries", "space", "cutoff", "source_search",
-                  "disabled_proxies", "created_at"]
+        fields = ["id", "url", "photos_url", "name", "owner", "shared", "libraries", "space", "cutoff",
+                  "source_search", "disabled_proxies", "derivation", "derivation_error", "created_at"]
+        read_only_fields = ["shared", "derivation_error"]
 
     def get_url(self, album) -> str:
         return self.context["request"].build_absolute_uri(reverse("api:album-detail", args=[album.pk]))
@@ -46,6 +63,12 @@ class AlbumSerializer(serializers.ModelSerializer):
 class AlbumCreateSerializer(serializers.Serializer):
     search = serializers.IntegerField(help_text="A finished search of yours to save")
     name = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
+
+
+class AlbumChangeSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200, required=False)
+    shared = serializers.BooleanField(required=False, help_text=(
+        "Shared read-only with the members of the album's libraries (each sees the photos of libraries they see)"))
 
 
 class AlbumPhotoSerializer(serializers.ModelSerializer):
@@ -78,6 +101,10 @@ def _flag(request, name: str) -> bool:
         raise ValidationError({name: exc.detail}) from None
 
 
+# What a member of a shared album may do: read it (the rest is its owner's).
+READ_ACTIONS = frozenset({"retrieve", "photos", "export"})
+
+
 class AlbumViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin,
                    viewsets.GenericViewSet):
     serializer_class = AlbumSerializer
@@ -85,7 +112,35 @@ class AlbumViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
     queryset = Album.objects.none()
 
     def get_queryset(self):
-        return Album.objects.filter(user=self.request.user).select_related("space").prefetch_related("libraries")
+        return Album.objects.select_related("space", "user").prefetch_related("libraries")
+
+    def get_object(self) -> Album:
+        """The album when the user may see it (404 otherwise); a change by anyone but its owner
+        answers 403."""
+        album = get_object_or_404(self.get_queryset(), pk=self.kwargs["pk"])
+        if not can_view(album, self.request.user):
+            raise NotFound("No Album matches the given query.")
+        if self.action not in READ_ACTIONS and album.user_id != self.request.user.pk:
+            raise PermissionDenied(NOT_OWNER)
+        return album
+
+    def list(self, request):
+        albums = albums_visible_to(request.user)
+        return Response(AlbumSerializer(albums, many=True, context=self.get_serializer_context()).data)
+
+    @extend_schema(request=AlbumChangeSerializer, responses=AlbumSerializer)
+    def partial_update(self, request, pk=None):
+        album = self.get_object()
+        data = AlbumChangeSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            change_album(album, **data.validated_data)
+        except AlbumError as exc:
+            raise ValidationError({"name": [str(exc)]}) from None
+        return Response(AlbumSerializer(self.get_queryset().get(pk=album.pk), context=self.get_serializer_context()).data)
+
+    def perform_destroy(self, album):
+        delete_album(album)
 
     @extend_schema(request=AlbumCreateSerializer, responses={201: AlbumSerializer})
     def create(self, request):
@@ -100,7 +155,7 @@ class AlbumViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
         return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})
 
     @extend_schema(responses=AlbumPhotoSerializer(many=True),
-                   parameters=[OpenApiParameter("sort", str, enum=list(SORTS), description="capture (default) or upload time")])
+                   parameters=[OpenApiParameter("sort", str, enum=[*SORTS], description="capture (default) or upload time")])
     @action(detail=True, methods=["get"], pagination_class=PhotoPagination)
     def photos(self, request, pk=None):
         album = self.get_object()

@@ -1,10 +1,13 @@
 """Album pages: the list, an album's photos (by capture or upload time, pin/remove), its audit,
-and saving a search as an album. Another user's album does not exist for you (404)."""
+sharing, and saving a search as an album. Another user's album does not exist for you (404),
+unless it is shared with you: then you read it, and every change answers 403."""
 from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
@@ -13,12 +16,35 @@ from assets.views import PAGE_SIZES, page_size_from
 
 from ..models import Album, AlbumPhoto, Search
 from ..search.results import SORTS
-from .albums import AlbumError, album_photos, albums_of, audit, create_album_from_search, set_photo_state
+from .albums import (
+    NOT_OWNER,
+    AlbumError,
+    album_photos,
+    albums_visible_to,
+    audit,
+    can_view,
+    change_album,
+    create_album_from_search,
+    delete_album,
+    set_photo_state,
+)
 from .export import album_export_name, album_export_rows, album_sidecar_keywords
 
 
+def _album(request, pk) -> Album:
+    """An album the user may see (their own, or shared with them), else 404."""
+    album = get_object_or_404(Album.objects.select_related("proxy_set", "source_search", "user"), pk=pk)
+    if not can_view(album, request.user):
+        raise Http404("No such album.")
+    return album
+
+
 def _own_album(request, pk) -> Album:
-    return get_object_or_404(Album.objects.select_related("proxy_set", "source_search"), pk=pk, user=request.user)
+    """An album the user may change: 404 when they cannot see it, 403 when it is shared with them."""
+    album = _album(request, pk)
+    if album.user_id != request.user.pk:
+        raise PermissionDenied(NOT_OWNER)
+    return album
 
 
 def _sort(request) -> str:
@@ -31,7 +57,7 @@ def _sort(request) -> str:
 def album_list(request):
     # Each album's count by the album page's own rule (photos of libraries the viewer sees now);
     # a user has a handful of albums, so a count each is cheap.
-    albums = albums_of(request.user).select_related("source_search").order_by("name", "pk")
+    albums = albums_visible_to(request.user)
     return render(request, "retrieval/album_list.html", {
         "albums": [(album, album_photos(album, request.user).count()) for album in albums],
     })
@@ -52,12 +78,13 @@ def album_from_search(request, pk):
 @login_required
 @require_GET
 def album_detail(request, pk):
-    album = _own_album(request, pk)
+    album = _album(request, pk)
     sort, size = _sort(request), page_size_from(request)
     photos = album_photos(album, request.user, sort)
     page = Paginator(photos, size).get_page(request.GET.get("page"))
     return render(request, "retrieval/album_detail.html", {
         "album": album, "page": page, "sort": sort, "size": size, "page_sizes": PAGE_SIZES, "total": photos.count(),
+        "is_owner": album.user_id == request.user.pk,
     })
 
 
@@ -65,8 +92,8 @@ def album_detail(request, pk):
 @require_GET
 def album_export(request, pk, kind):
     """The album's photos as CSV or a ZIP of their originals (with XMP sidecars when
-    `?sidecars=1`), streamed (assets.export)."""
-    album = _own_album(request, pk)
+    `?sidecars=1`), streamed (assets.export); a shared album's holds the viewer's libraries only."""
+    album = _album(request, pk)
     sidecars = album_sidecar_keywords(album) if request.GET.get("sidecars") == "1" else None
     return export_response(album_export_rows(album, request.user), kind, album_export_name(album), sidecars)
 
@@ -90,9 +117,10 @@ def album_photo_state(request, pk, asset_id):
 @login_required
 @require_GET
 def album_audit(request, pk):
-    album = _own_album(request, pk)
+    album = _album(request, pk)
     return render(request, "retrieval/album_audit.html", {
         "album": album, "audit": audit(album, request.user), "states": AlbumPhoto.State,
+        "is_owner": album.user_id == request.user.pk,
     })
 
 
@@ -100,6 +128,16 @@ def album_audit(request, pk):
 @require_POST
 def album_delete(request, pk):
     album = _own_album(request, pk)
-    album.delete()
+    delete_album(album)
     messages.success(request, f"Album “{album.name}” deleted; its photos stay in their libraries.")
     return redirect("album-list")
+
+
+@login_required
+@require_POST
+def album_share(request, pk):
+    """Share the album read-only with the members of its libraries, or stop sharing it."""
+    album = change_album(_own_album(request, pk), shared=request.POST.get("shared") == "1")
+    messages.success(request, "Shared read-only with the members of its libraries." if album.shared
+                     else "No longer shared.")
+    return redirect("album-detail", pk=album.pk)

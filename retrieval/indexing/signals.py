@@ -7,7 +7,15 @@ vectors being readable):
     photos_indexed.send_robust(sender=EmbeddingSpace, space_id=<int>, asset_ids=<list[int]>)
 
 Smart albums listen, to take the new photos that score above their cutoff.
+
+`space_serving` is sent when search switches to a space (its re-index complete), after that
+commits:
+
+    space_serving.send_robust(sender=EmbeddingSpace, space_id=<int>)
+
+Smart albums listen, to be made again in that space (retrieval.albums.derive).
 """
 from django.dispatch import Signal
 
 photos_indexed = Signal()
+space_serving = Signal()

@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+
 from django.db import transaction
 from django.utils import timezone
 
 from ..models import EmbeddingSpace
 from .progress import pending_assets
+from .signals import space_serving
+
+logger = logging.getLogger(__name__)
 
 
 def space_for_profile(profile_name: str) -> EmbeddingSpace:
@@ -89,5 +94,13 @@ def switch_serving_if_complete(space: EmbeddingSpace) -> bool:
         if not space.is_serving:
             EmbeddingSpace.objects.filter(is_serving=True).update(is_serving=False)
             space.is_serving = True
+            serving_id = space.pk
+            transaction.on_commit(lambda: _announce_serving(serving_id))
         space.save(update_fields=["completed_at", "is_serving"])
     return True
+
+
+def _announce_serving(space_id: int) -> None:
+    for receiver, result in space_serving.send_robust(sender=EmbeddingSpace, space_id=space_id):
+        if isinstance(result, Exception):
+            logger.error("space_serving receiver %r failed for space %s", receiver, space_id, exc_info=result)

@@ -17,21 +17,18 @@ from contextlib import contextmanager
 from functools import cached_property
 
 import numpy as np
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Exists, OuterRef
-
-from retrieval.engine.seeds import proxy_seeds
 
 from ..indexing.spaces import serving_space
 from ..models import EmbeddingSpace, ProxySet, Search, SearchExample
 from .cache_privacy import cost_of_making, used_before, wait_as_if_made
-from .inputs import asset_vision_vectors, encode_files, space_aggregator, text_vectors
+from .inputs import text_vectors
 from .matches import query_bytes, record_matches
-from .plan import QueryInputs, QueryPlan, plan_query
-from .proxies import get_or_generate_proxy_set, proxy_features, write_proxy_images
-from .query import normalise_query
+from .plan import QueryInputs, QueryPlan
+from .proxies import get_or_generate_proxy_set, write_proxy_images
 from .ranking import Ranking, Scope, rank
+from .recipe import QueryRecipe, RecipeError, gather_inputs, plan_in_space
 from .results import out_of_scope, store_results
 from .scope import search_library_ids, visible_library_ids
 from .tasks import TRANSIENT_ERRORS
@@ -105,6 +102,37 @@ class _Run:
     def rounded_timings(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.timings.items()}
 
+    # ------------------------------------------------------------------ recipe.InputSteps
+    def text_vector(self, space: EmbeddingSpace, text: str) -> np.ndarray:
+        t, self.timings["text_cached"] = text_vectors.get(space, text, self.search.user_id)
+        return t
+
+    def proxy_set(self, space: EmbeddingSpace, text: str, seeds: list[int]) -> ProxySet:
+        """The search's proxy set: its parent's when refining (no generation, no lookup), else
+        the cached set of (text, space, generator, seeds), generated when missing. What the user
+        sees of the cache is only what their own searches put there (`cache_privacy`)."""
+        self.phase = "proxies"
+        search = self.search
+        inherited = search.parent.proxy_set if search.parent is not None else None
+        if inherited is not None and inherited.space_id == space.pk and inherited.query == text:
+            self.timings.update(proxies_lookup=0.0, generation=0.0, proxies_cached=True)
+            return inherited
+        stage_timings: dict[str, float] = {}
+        proxy_set, generated = get_or_generate_proxy_set(space, text, seeds, stage_timings)
+        self.timings.update(stage_timings)
+        self.timings["proxies_cached"] = not generated and used_before(search.user, proxy_set, search)
+        if not generated and not self.timings["proxies_cached"]:
+            wait_as_if_made(proxy_set)  # someone else's set: as long as making it took
+            self.timings.update(cost_of_making(proxy_set))
+        self.timings.setdefault("generation", 0.0)
+        return proxy_set
+
+    def negative_proxy_set(self, space: EmbeddingSpace, text: str, seeds: list[int]) -> ProxySet:
+        negative_set, generated = get_or_generate_proxy_set(space, text, seeds)
+        if not generated and not used_before(self.search.user, negative_set, self.search):
+            wait_as_if_made(negative_set)
+        return negative_set
+
 
 # What a run reads of its search, in one query: whether it has example photos, negatives or
 # uploads is known before any of them is read (most searches have none).
@@ -145,8 +173,7 @@ def _execute(run: _Run) -> None:
     inputs = _gather_inputs(run, space)
     # 3. The query vector u and λ (plan.py).
     with run.stage("aggregation"):
-        net = space_aggregator(space) if inputs.has_image_tokens else None
-        plan = plan_query(inputs, net, settings.CLETIR_FUSION_LAMBDA, settings.CLETIR_NEGATIVE_WEIGHT)
+        plan = plan_in_space(space, inputs)
     search.mark_ranking(**run.held())
     # 4. Rank the scope.
     scope = Scope.of(library_ids)
@@ -164,36 +191,24 @@ def _execute(run: _Run) -> None:
 
 
 def _gather_inputs(run: _Run, space: EmbeddingSpace) -> QueryInputs:
+    """The search's recipe (example photos of libraries the user may see now), gathered in
+    `space` by the code an album re-derived in a new space runs too (`recipe.py`)."""
     search = run.search
-    text = normalise_query(search.text)
     images = not search.text_only  # λ = 0 switches the image half off: read none of it
-    positives = _visible_assets(run, search.positive_assets) if images and _has(search, "has_positives") else []
     uploads = list(search.examples.all()) if images and _has(search, "has_uploads") else []
-    positive_files = [e.file.path for e in uploads if e.kind == SearchExample.Kind.POSITIVE]
-    negative_files = [e.file.path for e in uploads if e.kind == SearchExample.Kind.NEGATIVE]
-    if not text and not (positives or positive_files):
-        raise SearchFailed("A search needs a text or at least one example photo.")
-    t = None
-    if text:
-        with run.stage("text"):
-            t, run.timings["text_cached"] = text_vectors.get(space, text, search.user_id)
-    run.progress(15)
-    proxies = enabled = None
-    if text and images:
-        run.phase = "proxies"
-        proxy_set = _proxy_set(run, space, text)
-        run.progress(55, proxy_set=proxy_set)
-        proxies = proxy_features(proxy_set)
-        enabled = np.array([i not in set(search.disabled_proxies) for i in range(len(proxies))])
-    examples = None
-    if positives or positive_files:
-        with run.stage("examples"):
-            examples = np.array(asset_vision_vectors(space, positives) + encode_files(space, positive_files))
-    negatives = _negative_vectors(run, space, negative_files) if images else None
-    run.progress(65)
-    return QueryInputs(vlm_dim=space.vlm_dim, vision_dim=space.vision_dim, text_vector=t, proxies=proxies,
-                       proxy_enabled=enabled, examples=examples, negatives=negatives,
-                       lambda_override=search.lambda_override)
+    recipe = QueryRecipe(
+        text=search.text, seed=search.seed, k=search.k, text_only=search.text_only,
+        disabled_proxies=search.disabled_proxies, lambda_override=search.lambda_override,
+        negative_text=search.negative_text,
+        positive_assets=_visible_assets(run, search.positive_assets) if images and _has(search, "has_positives") else [],
+        negative_assets=_visible_assets(run, search.negative_assets) if images and _has(search, "has_negatives") else [],
+        positive_files=[e.file.path for e in uploads if e.kind == SearchExample.Kind.POSITIVE],
+        negative_files=[e.file.path for e in uploads if e.kind == SearchExample.Kind.NEGATIVE],
+    )
+    try:
+        return gather_inputs(space, recipe, run)
+    except RecipeError as exc:
+        raise SearchFailed(str(exc)) from None
 
 
 def _has(search: Search, name: str) -> bool:
@@ -204,44 +219,6 @@ def _has(search: Search, name: str) -> bool:
 def _visible_assets(run: _Run, assets) -> list:
     """Example photos from libraries the user may see now (others are ignored, never read)."""
     return list(assets.filter(library_id__in=run.visible_libraries).order_by("pk"))
-
-
-def _proxy_set(run: _Run, space: EmbeddingSpace, text: str) -> ProxySet:
-    """The search's proxy set: its parent's when refining (no generation, no lookup), else
-    the cached set of (text, space, generator, seeds), generated when missing. What the user sees
-    of the cache is only what their own searches put there (`cache_privacy`)."""
-    search = run.search
-    inherited = search.parent.proxy_set if search.parent is not None else None
-    if inherited is not None and inherited.space_id == space.pk and inherited.query == text:
-        run.timings.update(proxies_lookup=0.0, generation=0.0, proxies_cached=True)
-        return inherited
-    stage_timings: dict[str, float] = {}
-    proxy_set, generated = get_or_generate_proxy_set(space, text, proxy_seeds(search.seed, search.k), stage_timings)
-    run.timings.update(stage_timings)
-    run.timings["proxies_cached"] = not generated and used_before(search.user, proxy_set, search)
-    if not generated and not run.timings["proxies_cached"]:
-        wait_as_if_made(proxy_set)  # someone else's set: as long as making it took
-        run.timings.update(cost_of_making(proxy_set))
-    run.timings.setdefault("generation", 0.0)
-    return proxy_set
-
-
-def _negative_vectors(run: _Run, space: EmbeddingSpace, files: list[str]) -> np.ndarray | None:
-    """Vision vectors of everything the user marked as "not this"."""
-    search = run.search
-    photos = _visible_assets(run, search.negative_assets) if _has(search, "has_negatives") else []
-    negative_text = normalise_query(search.negative_text)
-    if not (photos or files or negative_text):
-        return None
-    with run.stage("negatives"):
-        vectors = asset_vision_vectors(space, photos) + encode_files(space, files)
-        if negative_text:
-            negative_set, generated = get_or_generate_proxy_set(space, negative_text, proxy_seeds(search.seed, search.k))
-            if not generated and not used_before(search.user, negative_set, search):
-                wait_as_if_made(negative_set)
-            run.progress(65, negative_proxy_set=negative_set)
-            vectors += list(proxy_features(negative_set))
-    return np.array(vectors)
 
 
 def _store(run: _Run, plan: QueryPlan, space: EmbeddingSpace, scope: Scope, ranking: Ranking) -> Ranking | None:

@@ -176,9 +176,9 @@ def test_the_command_the_task_and_the_beat_schedule(ann, sent):
     out = StringIO()
     call_command("sweep_stale_work", stdout=out)
     assert out.getvalue() == ("searches_failed=1 searches_requeued=0 searches_dispatched=0 indexing_scheduled=0 "
-                              "renditions_requeued=0 ranking_changes_pruned=0\n")
+                              "renditions_requeued=0 albums_requeued=0 ranking_changes_pruned=0\n")
     assert sweep_task() == {"searches_failed": 0, "searches_requeued": 0, "searches_dispatched": 0, "indexing_scheduled": 0,
-                            "renditions_requeued": 0, "ranking_changes_pruned": 0}
+                            "renditions_requeued": 0, "albums_requeued": 0, "ranking_changes_pruned": 0}
 
     entry = app.conf.beat_schedule["sweep-stale-work"]
     assert (entry["task"], entry["schedule"], entry["options"]) == (sweep_task.name, 60.0, {"expires": 60.0})

@@ -7,7 +7,8 @@ from retrieval.sweeper import sweep_stale_work
 class Command(BaseCommand):
     help = (
         "Fail or re-queue searches that outlived CLETIR_SEARCH_STALE_SECONDS, and queue indexing and "
-        "thumbnails again where they stalled for CLETIR_PHOTO_WORK_STALE_SECONDS. Safe to run any time."
+        "thumbnails again where they stalled for CLETIR_PHOTO_WORK_STALE_SECONDS, and album re-derivations that "
+        "stalled or failed. Safe to run any time."
     )
 
     def handle(self, *args, **options):
