@@ -253,6 +253,8 @@ class Search(models.Model):
     positive_assets = models.ManyToManyField(Asset, blank=True, related_name="+")
     negative_assets = models.ManyToManyField(Asset, blank=True, related_name="+")
     negative_text = models.CharField(max_length=300, blank=True)
+    # Filters on the photos' metadata inside the scope (retrieval.search.filters.PhotoFilters.to_json).
+    filters = models.JSONField(default=dict, blank=True, help_text="Date, camera, keyword and file type filters")
 
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED, db_index=True)
     progress = models.PositiveSmallIntegerField(default=0)
@@ -438,6 +440,7 @@ class Album(models.Model):
     source_search = models.ForeignKey(Search, on_delete=models.SET_NULL, null=True, blank=True, related_name="albums")
     proxy_set = models.ForeignKey(ProxySet, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     disabled_proxies = models.JSONField(default=list, blank=True)
+    filters = models.JSONField(default=dict, blank=True, help_text="The saved search's filters (PhotoFilters.to_json)")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -14,6 +14,9 @@
   keeps its row (state removed) so no rescoring or re-indexing brings it back. Either choice
   can be undone (state auto): the photo's score decides again.
 * A search with no matches is not saved: its cutoff only says "above the best photo".
+* Filters: an album keeps its search's filters (dates, camera, keywords, file types;
+  `retrieval.search.filters`): its scope is its libraries narrowed by them (`album_scope`), for
+  saving, for newly indexed photos and for the audit; a photo outside them joins only by hand.
 * Read-time permissions: an album shows only photos of libraries its viewer may see *now*
   (`retrieval.search.scope`), whatever was stored when the photo joined.
 """
@@ -29,7 +32,9 @@ from django.db.models import QuerySet
 from assets.models import Asset, Library
 
 from ..models import Album, AlbumPhoto, AssetEmbedding, EmbeddingSpace, Search
+from ..search.filters import PhotoFilters
 from ..search.matches import query_from_bytes
+from ..search.ranking import Scope
 from ..search.ranking.exact import exact_at_least, exact_neighbours
 from ..search.ranking.pgvector import scope_scores
 from ..search.results import SORTS
@@ -54,6 +59,11 @@ def viewable_library_ids(album: Album, viewer) -> list[int]:
     return sorted(set(visible_library_ids(viewer)) & set(album_library_ids(album)))
 
 
+def album_scope(album: Album, library_ids: Sequence[int]) -> Scope:
+    """The photos the album takes by score: those of these libraries its filters keep."""
+    return Scope(tuple(sorted(library_ids)), photos=PhotoFilters.from_json(album.filters).photos())
+
+
 def create_album_from_search(user, search: Search, name: str) -> Album:
     if search.user_id != user.pk:
         raise AlbumError("No such search.")
@@ -69,12 +79,12 @@ def create_album_from_search(user, search: Search, name: str) -> Album:
         album = Album.objects.create(
             user=user, name=name[:200], space=search.space, query_vector=bytes(search.query_vector),
             cutoff=search.match_cutoff, source_search=search, proxy_set=search.proxy_set,
-            disabled_proxies=list(search.disabled_proxies),
+            disabled_proxies=list(search.disabled_proxies), filters=dict(search.filters),
         )
         album.libraries.set(search.libraries.all())
         if album.space is not None:
             u = query_from_bytes(album.query_vector)
-            fast = scope_scores(album.space, u, album_library_ids(album))
+            fast = scope_scores(album.space, u, album_scope(album, album_library_ids(album)))
             ids, scores = exact_at_least(fast, album.cutoff, u, album.space.vlm_dim)
             AlbumPhoto.objects.bulk_create(
                 [AlbumPhoto(album=album, asset_id=int(a), score=float(s)) for a, s in zip(ids, scores)],
@@ -104,6 +114,10 @@ def add_indexed_photos(space: EmbeddingSpace, assets: Sequence[Asset], vectors: 
     added = 0
     for album in albums:
         in_scope = np.isin(libraries, album_library_ids(album))
+        filtered = PhotoFilters.from_json(album.filters).photos()
+        if filtered is not None and in_scope.any():
+            in_scope &= np.isin(asset_ids, list(filtered.filter(pk__in=asset_ids[in_scope].tolist())
+                                                .values_list("pk", flat=True)))
         if not in_scope.any():
             continue
         scores = exact_parts(query_from_bytes(album.query_vector), e[in_scope], space.vlm_dim).score
@@ -139,14 +153,16 @@ def set_photo_state(album: Album, asset_id: int, state: str) -> AlbumPhoto | Non
 
 
 def _back_to_score(album: Album, asset_id: int) -> AlbumPhoto | None:
-    """The photo is in the album when it scores at least the cutoff now, as if no hand had
-    touched it; a photo not indexed in the album's space has no score yet and joins when it is
-    (`add_indexed_photos`)."""
+    """The photo is in the album when it passes the album's filters and scores at least the
+    cutoff now, as if no hand had touched it; a photo not indexed in the album's space has no
+    score yet and joins when it is (`add_indexed_photos`)."""
     vector = (AssetEmbedding.objects.filter(asset_id=asset_id, space_id=album.space_id)
               .values_list("vector", flat=True).first() if album.space_id else None)
     score = (exact_parts(query_from_bytes(album.query_vector), np.asarray(vector, dtype=np.float16)[None, :],
                          album.space.vlm_dim).score[0] if vector is not None else None)
-    if score is None or score < as_score(album.cutoff):
+    filtered = PhotoFilters.from_json(album.filters).photos()
+    outside = filtered is not None and not filtered.filter(pk=asset_id).exists()
+    if score is None or outside or score < as_score(album.cutoff):
         AlbumPhoto.objects.filter(album=album, asset_id=asset_id).delete()
         return None
     photo, _ = AlbumPhoto.objects.update_or_create(album=album, asset_id=asset_id,
@@ -191,7 +207,7 @@ def audit(album: Album, viewer, side: int = AUDIT_SIDE) -> Audit:
     if album.space is None:
         return Audit(album.cutoff, [], [], proxies, list(album.disabled_proxies))
     u = query_from_bytes(album.query_vector)
-    fast = scope_scores(album.space, u, viewable_library_ids(album, viewer))
+    fast = scope_scores(album.space, u, album_scope(album, viewable_library_ids(album, viewer)))
     (above_ids, above), (below_ids, below) = exact_neighbours(fast, album.cutoff, side, u, album.space.vlm_dim)
     picked, scores = [int(pk) for pk in np.concatenate([above_ids, below_ids])], np.concatenate([above, below])
     states = dict(AlbumPhoto.objects.filter(album=album, asset_id__in=picked).values_list("asset_id", "state"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
+from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -16,9 +17,11 @@ from rest_framework.response import Response
 
 from assets.api import EXPORT_URL_PATH, DownloadNegotiation, PhotoPagination, export_schema
 from assets.export import export_response
+from assets.list_filters import LIST_FILTERS, SortFilter, filter_list
 
 from ..models import Album, AlbumPhoto, Search
 from ..search.results import SORTS
+from ..serializers import PhotoFiltersSerializer
 from .albums import AlbumError, album_photos, create_album_from_search, set_photo_state
 from .export import album_export_name, album_export_rows, album_sidecar_keywords
 
@@ -28,13 +31,15 @@ class AlbumSerializer(serializers.ModelSerializer):
     photos_url = serializers.SerializerMethodField()
     libraries = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
     space = serializers.CharField(source="space.name", default=None, read_only=True)
+    filters = PhotoFiltersSerializer(read_only=True, help_text="The saved search's filters: photos outside them "
+                                                               "join only when pinned")
 
     class Meta:
         model = Album
         # No proxy set id: sets are shared between users, and an id seen twice would tell one user
         # that another searched the same category (retrieval.search.cache_privacy).
         fields = ["id", "url", "photos_url", "name", "libraries", "space", "cutoff", "source_search",
-                  "disabled_proxies", "created_at"]
+                  "disabled_proxies", "filters", "created_at"]
 
     def get_url(self, album) -> str:
         return self.context["request"].build_absolute_uri(reverse("api:album-detail", args=[album.pk]))
@@ -78,6 +83,10 @@ def _flag(request, name: str) -> bool:
         raise ValidationError({name: exc.detail}) from None
 
 
+class AlbumPhotoFilter(filters.FilterSet):
+    sort = SortFilter(SORTS, help_text="by capture (default) or upload time")
+
+
 class AlbumViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin,
                    viewsets.GenericViewSet):
     serializer_class = AlbumSerializer
@@ -86,6 +95,13 @@ class AlbumViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
 
     def get_queryset(self):
         return Album.objects.filter(user=self.request.user).select_related("space").prefetch_related("libraries")
+
+    filterset_class = None  # each list action names its own
+
+    def filter_queryset(self, queryset):
+        # The filter backends given to actions describe their lists' parameters (the schema);
+        # the lists read them through `filter_list`, never the lookup of the object itself.
+        return queryset
 
     @extend_schema(request=AlbumCreateSerializer, responses={201: AlbumSerializer})
     def create(self, request):
@@ -99,15 +115,12 @@ class AlbumViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
         body = AlbumSerializer(self.get_queryset().get(pk=album.pk), context=self.get_serializer_context()).data
         return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})
 
-    @extend_schema(responses=AlbumPhotoSerializer(many=True),
-                   parameters=[OpenApiParameter("sort", str, enum=list(SORTS), description="capture (default) or upload time")])
-    @action(detail=True, methods=["get"], pagination_class=PhotoPagination)
+    @extend_schema(responses=AlbumPhotoSerializer(many=True))
+    @action(detail=True, methods=["get"], pagination_class=PhotoPagination, filter_backends=LIST_FILTERS,
+            filterset_class=AlbumPhotoFilter)
     def photos(self, request, pk=None):
         album = self.get_object()
-        sort = request.query_params.get("sort", "taken")
-        if sort not in SORTS:
-            raise ValidationError({"sort": [f"One of: {', '.join(SORTS)}."]})
-        page = self.paginate_queryset(album_photos(album, request.user, sort))
+        page = self.paginate_queryset(filter_list(AlbumPhotoFilter, request, album_photos(album, request.user)))
         return self.get_paginated_response(AlbumPhotoSerializer(page, many=True, context={"request": request}).data)
 
     @export_schema("the album's photos (pinned and automatic), by capture time")

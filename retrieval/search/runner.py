@@ -26,6 +26,7 @@ from retrieval.engine.seeds import proxy_seeds
 from ..indexing.spaces import serving_space
 from ..models import EmbeddingSpace, ProxySet, Search, SearchExample
 from .cache_privacy import cost_of_making, used_before, wait_as_if_made
+from .filters import PhotoFilters
 from .inputs import asset_vision_vectors, encode_files, space_aggregator, text_vectors
 from .matches import query_bytes, record_matches
 from .plan import QueryInputs, QueryPlan, plan_query
@@ -148,8 +149,9 @@ def _execute(run: _Run) -> None:
         net = space_aggregator(space) if inputs.has_image_tokens else None
         plan = plan_query(inputs, net, settings.CLETIR_FUSION_LAMBDA, settings.CLETIR_NEGATIVE_WEIGHT)
     search.mark_ranking(**run.held())
-    # 4. Rank the scope.
-    scope = Scope.of(library_ids)
+    # 4. Rank the scope: the libraries, narrowed by the search's filters (ranked inside them, so
+    # none of their photos is lost behind photos outside them).
+    scope = Scope(tuple(library_ids), photos=PhotoFilters.from_json(search.filters).photos())
     with run.stage("ranking"):
         ranking = rank(space, plan.u, scope, search.top_n)
     # 5. Store the results and finish; nothing more when a twin delivery finished first. The
