@@ -231,6 +231,8 @@ def test_album_and_match_api_payloads(tiny, ann, library, category, client):
         "photos_url": f"http://testserver/api/albums/{album.pk}/photos/", "name": "Boats", "libraries": [],
         "space": tiny.name, "cutoff": search.match_cutoff, "source_search": search.pk,
         "disabled_proxies": [], "created_at": album.created_at.isoformat().replace("+00:00", "Z"),
+        "filters": {"taken_from": None, "taken_to": None, "camera_make": "", "camera_model": "", "keywords": [],
+                    "formats": []},
     }
     assert [a["id"] for a in client.get("/api/albums/").json()] == [album.pk]  # no pagination on lists
     first = client.get(f"/api/albums/{album.pk}/photos/?sort=taken&size=200").json()["results"]
