@@ -35,6 +35,12 @@ class FlagField(forms.Field):
 class FlagFilter(filters.BooleanFilter):
     field_class = FlagField
 
+    def __init__(self, *args, **kwargs):
+        # The plain widget hands the raw text to FlagField (django-filter's BooleanWidget turns
+        # what it cannot read into "not given").
+        kwargs["widget"] = forms.TextInput
+        super().__init__(*args, **kwargs)
+
 
 class SortFilter(filters.ChoiceFilter):
     """`sort`: one of the named orders (name -> order_by arguments); the list's default order
