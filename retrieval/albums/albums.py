@@ -64,6 +64,15 @@ def album_scope(album: Album, library_ids: Sequence[int]) -> Scope:
     return Scope(tuple(sorted(library_ids)), photos=PhotoFilters.from_json(album.filters).photos())
 
 
+def kept_by_filters(album: Album, asset_ids: Sequence[int]) -> np.ndarray:
+    """For each of these photos, whether the album's filters keep it (one query, none without filters)."""
+    filtered = album_scope(album, ()).photos
+    if filtered is None or not len(asset_ids):
+        return np.ones(len(asset_ids), dtype=bool)
+    kept = filtered.filter(pk__in=[int(pk) for pk in asset_ids]).values_list("pk", flat=True)
+    return np.isin(np.asarray(asset_ids, dtype=np.int64), np.fromiter(kept, dtype=np.int64))
+
+
 def create_album_from_search(user, search: Search, name: str) -> Album:
     if search.user_id != user.pk:
         raise AlbumError("No such search.")
@@ -114,10 +123,8 @@ def add_indexed_photos(space: EmbeddingSpace, assets: Sequence[Asset], vectors: 
     added = 0
     for album in albums:
         in_scope = np.isin(libraries, album_library_ids(album))
-        filtered = PhotoFilters.from_json(album.filters).photos()
-        if filtered is not None and in_scope.any():
-            in_scope &= np.isin(asset_ids, list(filtered.filter(pk__in=asset_ids[in_scope].tolist())
-                                                .values_list("pk", flat=True)))
+        if in_scope.any():
+            in_scope[in_scope] = kept_by_filters(album, asset_ids[in_scope])
         if not in_scope.any():
             continue
         scores = exact_parts(query_from_bytes(album.query_vector), e[in_scope], space.vlm_dim).score
@@ -160,9 +167,7 @@ def _back_to_score(album: Album, asset_id: int) -> AlbumPhoto | None:
               .values_list("vector", flat=True).first() if album.space_id else None)
     score = (exact_parts(query_from_bytes(album.query_vector), np.asarray(vector, dtype=np.float16)[None, :],
                          album.space.vlm_dim).score[0] if vector is not None else None)
-    filtered = PhotoFilters.from_json(album.filters).photos()
-    outside = filtered is not None and not filtered.filter(pk=asset_id).exists()
-    if score is None or outside or score < as_score(album.cutoff):
+    if score is None or not kept_by_filters(album, [asset_id])[0] or score < as_score(album.cutoff):
         AlbumPhoto.objects.filter(album=album, asset_id=asset_id).delete()
         return None
     photo, _ = AlbumPhoto.objects.update_or_create(album=album, asset_id=asset_id,

@@ -11,26 +11,17 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from assets.models import Asset, Library
+from assets.models import Asset
 from retrieval.models import Search
 from retrieval.search import service as search_service
 from retrieval.search.tasks import run_search
 from tests.e2e.test_browser import browser_page, screenshot  # noqa: F401 (fixtures)
+from tests.retrieval.conftest import ann, library  # noqa: F401 (fixtures)
 from tests.retrieval.albums.test_albums import START, TEXT, plant_photos, vectors_scoring
 from tests.retrieval.search.test_cutoff import planted_scores
 from tests.retrieval.search.test_search_core import text_vector, tiny  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def ann(make_user):
-    return make_user("ann")
-
-
-@pytest.fixture
-def library(ann):
-    return Library.objects.create(name="Harbour", owner=ann)
 
 
 def test_an_archivist_narrows_a_search_by_keyword_and_date(live_server, tiny, ann, library, browser_page, screenshot,

@@ -9,12 +9,10 @@ from datetime import timedelta, timezone as dt_timezone
 
 import numpy as np
 import pytest
-from rest_framework.test import APIClient
 
 from assets.models import Asset, Library
 from retrieval.albums.albums import album_photos, create_album_from_search
 from retrieval.models import AlbumPhoto, Search, SearchResult
-from retrieval.search import service as search_service
 from retrieval.search.filters import PhotoFilters
 from retrieval.search.ranking import Scope, pgvector, rank
 from retrieval.search.service import Refinement, SearchInputError, SearchRequest, create_search, refine_search
@@ -23,25 +21,13 @@ from tests.retrieval.albums.test_albums import (  # noqa: F401 (fixtures)
     START, TEXT, PlantedEncoders, index, new_photo_file, plant_photos, vectors_scoring,
 )
 from tests.retrieval.search.test_cutoff import planted_scores
+from tests.retrieval.search.test_search_web import api, queued  # noqa: F401 (fixture)
 from tests.retrieval.search.test_search_core import (  # noqa: F401 (fixtures)
     brute_force, new_search, planted_space, query, text_vector, tiny,
 )
 
 pytestmark = pytest.mark.django_db
 UTC = dt_timezone.utc
-
-
-@pytest.fixture
-def queued(monkeypatch):
-    sent: list[int] = []
-    monkeypatch.setattr(search_service, "queue_search", lambda search: sent.append(search.pk))
-    return sent
-
-
-def api(user) -> APIClient:
-    client = APIClient()
-    client.force_authenticate(user)
-    return client
 
 
 # ---------------------------------------------------------------------------- the filters themselves
