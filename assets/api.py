@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 
 from django.db.models import Count
+from django_filters import rest_framework as filters
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
@@ -29,6 +30,7 @@ from .ingest import (
     failed,
 )
 from .limits import UploadQuotaExceeded, check_upload_quota
+from .list_filters import LIST_FILTERS, IdFilter, SortFilter, filter_list
 from .models import PHOTO_SORTS, Asset, LibraryMembership
 from .permissions import Access, access_to, libraries_visible_to
 from .serializers import (
@@ -288,35 +290,33 @@ class LibraryViewSet(viewsets.ModelViewSet):
         return Response(MembershipSerializer(membership).data)
 
 
+class AssetListFilter(filters.FilterSet):
+    library = IdFilter(field_name="library_id", help_text="only photos of this library",
+                       error_messages={"invalid": "A library id (an integer)."})
+    ids = filters.CharFilter(method="only_ids", help_text=f"only these photos: up to {MAX_IDS} ids, comma-separated "
+                                                          "(a page refreshing the tiles it shows)")
+    sort = SortFilter(PHOTO_SORTS, help_text="newest upload first (default), oldest first, or by capture time "
+                                             "(photos without one last)")
+
+    def only_ids(self, assets, name, value):
+        return assets.filter(pk__in=parse_ids(value))
+
+
 @extend_schema_view(destroy=busy_delete("photo"))
 class AssetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
     serializer_class = AssetSerializer
     pagination_class = PhotoPagination
+    filter_backends = LIST_FILTERS
+    filterset_class = AssetListFilter
 
     def get_queryset(self):
         assets = Asset.objects.filter(library__in=libraries_visible_to(self.request.user)).prefetch_related("renditions")
-        library = self.request.query_params.get("library")
-        if library is not None:
-            if not library.isdigit():
-                raise ValidationError({"library": ["A library id (an integer)."]})
-            assets = assets.filter(library_id=int(library))
-        ids = self.request.query_params.get("ids")
-        if ids is not None:
-            assets = assets.filter(pk__in=parse_ids(ids))
-        order = self.request.query_params.get("sort") or "newest"
-        if order not in PHOTO_SORTS:
-            raise ValidationError({"sort": [f"One of: {', '.join(PHOTO_SORTS)}."]})
-        return assets.order_by(*PHOTO_SORTS[order])
+        return assets.order_by(*PHOTO_SORTS["newest"])
 
-    @extend_schema(parameters=[
-        OpenApiParameter("library", int, description="only photos of this library"),
-        OpenApiParameter("ids", str, description=f"only these photos: up to {MAX_IDS} ids, comma-separated "
-                         "(a page refreshing the tiles it shows)"),
-        OpenApiParameter("sort", str, enum=list(PHOTO_SORTS),
-                         description="newest upload first (default), oldest first, or by capture time (photos without one last)"),
-    ])
-    def list(self, request, *args, **kwargs):
-        return super().list(request, *args, **kwargs)
+    def filter_queryset(self, queryset):
+        if self.action != "list":  # one photo is read by its id, whatever the list's parameters
+            return queryset
+        return filter_list(AssetListFilter, self.request, queryset)
 
     def perform_destroy(self, instance):
         require_access(self.request.user, instance.library, Access.EDIT)

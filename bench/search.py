@@ -11,7 +11,9 @@ Ranking: planted fused photo vectors e = [I(x); V(x)] with the `default` profile
 a shared direction (the anisotropy of CLIP / DINOv2 features) + the category's direction +
 per-photo noise; a query is u = [(1-λ)t; λq] with a text vector t in its own region (the
 modality gap) and a proxy vector q near its category, λ = 0.5. The photos sit in 10 libraries
-of 10% each. For each size:
+of 10% each, captured on one of FILTER_DAYS days (photo i on day i mod FILTER_DAYS), so a
+search filter for one day keeps 1% of them (the "1% by date" rows: `retrieval.search.filters`
+inside the scope, up to --db-max). For each size:
 
 * up to --db-max photos the vectors go into the database (binary COPY, timed), the memory
   backend loads its copy from there (timed: what a worker pays once per space) and, up to
@@ -56,9 +58,14 @@ CATEGORIES = 200
 LIBRARIES = 10
 LAMBDA = 0.5
 PG_EPOCH_US = 946_684_800 * 1_000_000  # 2000-01-01 in Unix microseconds (binary timestamptz)
-CASES = [("all libraries, top 100", False, 100, False), ("1 library (10%), top 100", True, 100, False),
-         ("all libraries, top 1000", False, 1000, False), ("1 library (10%), top 1000", True, 1000, False),
-         ("all libraries, top 1000 + count", False, 1000, True)]
+FILTER_DAYS, FILTER_DAY = 100, 42
+FIRST_DAY = "2020-01-01"
+# (label, one library, top N, with the match count, with the one-day filter)
+CASES = [("all libraries, top 100", False, 100, False, False), ("1 library (10%), top 100", True, 100, False, False),
+         ("all libraries, top 1000", False, 1000, False, False), ("1 library (10%), top 1000", True, 1000, False, False),
+         ("all libraries, top 1000 + count", False, 1000, True, False),
+         ("all libraries, 1% by date, top 100", False, 100, False, True),
+         ("all libraries, 1% by date, top 1000 + count", False, 1000, True, True)]
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -125,15 +132,18 @@ def copy_assets(cursor, first_id: int, library_ids: np.ndarray) -> None:
     here get their model defaults (Django keeps defaults in Python, not in the table)."""
     from assets.models import Asset
 
-    given = {"id", "library_id", "file", "sha256", "status", "created_at"}
+    given = {"id", "library_id", "file", "sha256", "status", "created_at", "taken_at"}
     defaults = [(field.column, field.get_default()) for field in Asset._meta.concrete_fields
                 if field.column not in given and not field.null]
     tail = "".join("\t" + _copy_text(value) for _, value in defaults)
     buffer = io.StringIO()
     for offset, library in enumerate(library_ids):
         pk = first_id + offset
-        buffer.write(f"{pk}\t{int(library)}\tbench/{pk}.jpg\t{pk:064x}\tready\t2026-01-01 00:00:00+00{tail}\n")
-    columns = ", ".join(["id", "library_id", "file", "sha256", "status", "created_at", *(c for c, _ in defaults)])
+        taken = np.datetime64(FIRST_DAY) + np.timedelta64((pk - first_id) % FILTER_DAYS, "D")
+        buffer.write(f"{pk}\t{int(library)}\tbench/{pk}.jpg\t{pk:064x}\tready\t2026-01-01 00:00:00+00\t"
+                     f"{taken} 12:00:00+00{tail}\n")
+    columns = ", ".join(["id", "library_id", "file", "sha256", "status", "created_at", "taken_at",
+                         *(c for c, _ in defaults)])
     with cursor.copy(f'COPY "{Asset._meta.db_table}" ({columns}) FROM STDIN') as copy:
         copy.write(buffer.getvalue())
     cursor.execute(f"SELECT setval(pg_get_serial_sequence('{Asset._meta.db_table}', 'id'), %s)",
@@ -214,23 +224,41 @@ def true_top(vectors, in_scope, asset_ids: np.ndarray, u: np.ndarray, n: int) ->
         best_rows.append(rows + start)
     scores, rows = torch.cat(best_scores), torch.cat(best_rows)
     keep = torch.topk(scores, n).indices
+    keep = keep[torch.isfinite(scores[keep])]  # a scope smaller than n
     return set(asset_ids[rows[keep].cpu().numpy()].tolist())
 
 
-def bench_cases(rank_with, queries, vectors, library_of, asset_ids, libraries, truth_cache) -> dict:
-    """{case: {"p50", "p95", "recall"}} for one backend (`rank_with(u, libs, n, count)` -> rows)."""
+def case_scope(libraries: list[int], one_library: bool, filtered: bool):
+    """The ranking scope of a case: its libraries, and the one-day filter for the filtered ones."""
+    import datetime as dt
+
+    from retrieval.search.filters import PhotoFilters
+    from retrieval.search.ranking.scope import Scope
+
+    day = dt.date.fromisoformat(FIRST_DAY) + dt.timedelta(days=FILTER_DAY)
+    photos = PhotoFilters(taken_from=day, taken_to=day).photos() if filtered else None
+    return Scope(tuple(sorted(libraries[:1] if one_library else libraries)), photos=photos)
+
+
+def bench_cases(rank_with, queries, vectors, library_of, asset_ids, libraries, truth_cache, filters: bool) -> dict:
+    """{case: {"p50", "p95", "recall"}} for one backend (`rank_with(u, scope, n, count)` -> rows);
+    the filtered cases only when `filters` (the photos are in the database)."""
     out = {}
-    for label, one_library, n, count in CASES:
-        scope_libraries = libraries[:1] if one_library else libraries
-        in_scope = np.isin(library_of, scope_libraries)
+    for label, one_library, n, count, filtered in CASES:
+        if filtered and not filters:
+            continue
+        scope = case_scope(libraries, one_library, filtered)
+        in_scope = np.isin(library_of, scope.library_ids)
+        if filtered:
+            in_scope &= (asset_ids - asset_ids[0]) % FILTER_DAYS == FILTER_DAY
         latencies, recalls = [], []
         for i, u in enumerate(queries):
-            rows, ms = timed(lambda: rank_with(u, scope_libraries, n, count))
+            rows, ms = timed(lambda: rank_with(u, scope, n, count))
             key = (label.replace(" + count", ""), i)
             if key not in truth_cache:
                 truth_cache[key] = true_top(vectors, in_scope, asset_ids, u, n)
             latencies.append(ms)
-            recalls.append(len({r.asset_id for r in rows} & truth_cache[key]) / n)
+            recalls.append(len({r.asset_id for r in rows} & truth_cache[key]) / min(n, len(truth_cache[key])))
         out[label] = {"p50": np.percentile(latencies, 50), "p95": np.percentile(latencies, 95),
                       "recall": float(np.mean(recalls))}
     return out
@@ -293,8 +321,8 @@ def bench_size(size: int, space, libraries: list[int], data: PlantedData, args, 
             memory.drop_copies()
             memory._copies[space.pk] = memory.SpaceCopy.load(space, device)
 
-            def with_memory(u, libs, n, count):
-                ranking = rank(space, u, libs, n, backend="memory")
+            def with_memory(u, scope, n, count):
+                ranking = rank(space, u, scope, n, backend="memory")
                 if count:
                     count_of(ranking, u)
                 return ranking.rows
@@ -302,29 +330,29 @@ def bench_size(size: int, space, libraries: list[int], data: PlantedData, args, 
             copy = planted_copy(vectors, library_of, asset_ids, device)
             result["copy_mb"] = copy.nbytes / 2**20
 
-            def with_memory(u, libs, n, count):
-                ranking = rank_copy(copy, u, Scope(tuple(libs)), n)
+            def with_memory(u, scope, n, count):
+                ranking = rank_copy(copy, u, scope, n)
                 if count:
                     count_of(ranking, u)
                 return ranking.rows
         for u in queries[:3]:
-            with_memory(u, libraries, 1000, True)  # warm the caches
+            with_memory(u, Scope(tuple(libraries)), 1000, True)  # warm the caches
         result["backends"]["memory"] = bench_cases(with_memory, queries, vectors, library_of, asset_ids, libraries,
-                                                   truth_cache)
+                                                   truth_cache, in_database)
         memory.drop_copies()
     if "pgvector" in args.backends and in_database and size <= args.hnsw_max:
-        def with_pgvector(u, libs, n, count):
-            ranking = rank(space, u, libs, n, backend="pgvector")
+        def with_pgvector(u, scope, n, count):
+            ranking = rank(space, u, scope, n, backend="pgvector")
             if count:
                 count_of(ranking, u)
             return ranking.rows
 
         for u in queries[:3]:
-            with_pgvector(u, libraries, 1000, False)
+            with_pgvector(u, Scope(tuple(libraries)), 1000, False)
         result["backends"]["pgvector"] = bench_cases(with_pgvector, queries, vectors, library_of, asset_ids, libraries,
-                                                     truth_cache)
-        result["methods"] = {label: ("exact" if pgvector.choose_exact(libraries[:1] if one else libraries) else "HNSW")
-                             for label, one, _, _ in CASES}
+                                                     truth_cache, True)
+        result["methods"] = {label: ("exact" if pgvector.choose_exact(case_scope(libraries, one, filtered)) else "HNSW")
+                             for label, one, _, _, filtered in CASES}
     return result
 
 

@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "axes",  # brute-force limit on logins (cletir_site.login_limits)
     "rest_framework",
     "rest_framework.authtoken",
+    "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "cletir_site",  # platform management commands (check_services, ensure_admin, ...)

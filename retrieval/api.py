@@ -4,7 +4,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from django_filters import rest_framework as filters
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import Throttled, ValidationError
@@ -13,6 +14,7 @@ from rest_framework.views import APIView
 
 from assets.api import EXPORT_URL_PATH, DownloadNegotiation, PhotoPagination, export_schema
 from assets.export import export_response
+from assets.list_filters import LIST_FILTERS, FlagFilter, SortFilter, filter_list
 from assets.models import Asset, Library
 from assets.photo_counts import thumbnail_progress
 from assets.permissions import library_for
@@ -22,7 +24,7 @@ from .indexing.spaces import active_space, serving_space
 from .models import Search
 from .search.export import search_export_name, search_export_rows
 from .search.limits import RateLimited
-from .search.results import matching_results
+from .search.results import SORTS, matching_results
 from .search.service import Refinement, SearchInputError, SearchRequest, create_search, refine_search
 from .serializers import SearchCreateSerializer, SearchRefineSerializer, SearchResultSerializer, SearchSerializer
 
@@ -87,6 +89,27 @@ def _service_errors():
         raise Throttled(wait=exc.retry_after_seconds, detail=exc.message) from None
 
 
+class SearchResultFilter(filters.FilterSet):
+    """A search's results: all by rank, or only the estimated matches by rank or a date."""
+
+    matches_only = FlagFilter(method="only_matches", help_text="true (or 1): only the estimated matches "
+                                                               "(rank <= match_count)")
+    sort = SortFilter(SORTS, then=("rank",), help_text="with matches_only: by capture or upload time (else by rank)")
+
+    def __init__(self, *args, search: Search | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.search = search
+
+    def only_matches(self, rows, name, value):
+        return rows.filter(rank__lte=self.search.match_count or 0) if value else rows
+
+    def filter_queryset(self, rows):
+        # A date order is for the matches only: the whole top N stays by rank.
+        if not self.form.cleaned_data.get("matches_only"):
+            self.form.cleaned_data["sort"] = ""
+        return super().filter_queryset(rows)
+
+
 class SearchViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin,
                     viewsets.GenericViewSet):
     """Searches of the current user. POST creates one and answers 202: the search runs on a
@@ -100,6 +123,13 @@ class SearchViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retri
     def get_queryset(self):
         return (Search.objects.filter(user=self.request.user).select_related("space", "proxy_set")
                 .prefetch_related("libraries", "positive_assets", "negative_assets", "proxy_set__images").order_by("-created_at", "-id"))
+
+    filterset_class = None  # each list action names its own
+
+    def filter_queryset(self, queryset):
+        # The filter backends given to actions describe their lists' parameters (the schema);
+        # the lists read them through `filter_list`, never the lookup of the object itself.
+        return queryset
 
     def get_serializer_class(self):
         return {"create": SearchCreateSerializer, "refine": SearchRefineSerializer}.get(self.action, SearchSerializer)
@@ -126,18 +156,13 @@ class SearchViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retri
         body = SearchSerializer(self.get_queryset().get(pk=search.pk), context=self.get_serializer_context()).data
         return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})
 
-    @extend_schema(responses=SearchResultSerializer(many=True),
-                   parameters=[OpenApiParameter("matches_only", int, enum=[0, 1],
-                                                description="1: only the estimated matches (rank <= match_count)"),
-                               OpenApiParameter("sort", str, enum=["taken", "uploaded"],
-                                                description="with matches_only: by capture or upload time")])
-    @action(detail=True, methods=["get"])
+    @extend_schema(responses=SearchResultSerializer(many=True))
+    @action(detail=True, methods=["get"], filter_backends=LIST_FILTERS, filterset_class=SearchResultFilter)
     def results(self, request, pk=None):
         search = self.get_object()
         # Ordered by rank (or a date, then rank), a unique key per search: pages never overlap
         # or skip a result.
-        rows = matching_results(search, request.user, request.query_params.get("matches_only") == "1",
-                                request.query_params.get("sort", ""))
+        rows = filter_list(SearchResultFilter, request, matching_results(search, request.user), search=search)
         page = self.paginate_queryset(rows)
         return self.get_paginated_response(SearchResultSerializer(page, many=True, context={"request": request}).data)
 

@@ -254,6 +254,8 @@ class Search(models.Model):
     positive_assets = models.ManyToManyField(Asset, blank=True, related_name="+")
     negative_assets = models.ManyToManyField(Asset, blank=True, related_name="+")
     negative_text = models.CharField(max_length=300, blank=True)
+    # Filters on the photos' metadata inside the scope (retrieval.search.filters.PhotoFilters.to_json).
+    filters = models.JSONField(default=dict, blank=True, help_text="Date, camera, keyword and file type filters")
 
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED, db_index=True)
     progress = models.PositiveSmallIntegerField(default=0)
@@ -474,6 +476,7 @@ class Album(models.Model):
     derived_at = models.DateTimeField(null=True, blank=True, help_text="When the album was last re-derived")
     # Read-only for the members of its libraries (each sees the photos of libraries they see).
     shared = models.BooleanField(default=False)
+    filters = models.JSONField(default=dict, blank=True, help_text="The saved search's filters (PhotoFilters.to_json)")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

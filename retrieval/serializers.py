@@ -5,12 +5,32 @@ from django.urls import reverse
 from rest_framework import serializers
 
 from .models import Search, SearchResult
+from .search.filters import DATE_RULE, MAX_CAMERA_TEXT, MAX_FILTER_KEYWORDS, STORED_FORMATS
 from .search.query import MAX_QUERY_LENGTH
 from .search.results import visible_photos
 from .search.service import K_RANGE
 
 
-class SearchCreateSerializer(serializers.Serializer):
+class PhotoFiltersSerializer(serializers.Serializer):
+    """The filters inside a search's scope (retrieval.search.filters): only photos passing all
+    of them are ranked. Types only; the search service checks the values."""
+
+    taken_from = serializers.DateField(required=False, allow_null=True, default=None,
+                                       help_text=f"First day (YYYY-MM-DD, the site's time zone) of the {DATE_RULE}")
+    taken_to = serializers.DateField(required=False, allow_null=True, default=None,
+                                     help_text="Last day, included (same rule as taken_from)")
+    camera_make = serializers.CharField(required=False, default="", allow_blank=True,
+                                        help_text=f"Text in the camera make, any case (at most {MAX_CAMERA_TEXT} characters)")
+    camera_model = serializers.CharField(required=False, default="", allow_blank=True,
+                                         help_text=f"Text in the camera model, any case (at most {MAX_CAMERA_TEXT} characters)")
+    keywords = serializers.ListField(child=serializers.CharField(), required=False, default=list,
+                                     help_text=f"Embedded keywords the photo must all carry, any case (at most "
+                                               f"{MAX_FILTER_KEYWORDS})")
+    formats = serializers.ListField(child=serializers.CharField(), required=False, default=list,
+                                    help_text=f"File types, any of: {', '.join(STORED_FORMATS)} (or a suffix: jpg, heic)")
+
+
+class SearchCreateSerializer(PhotoFiltersSerializer):
     """Parses a search request (types only); what the values may be is checked once, by the search
     service, for the API and the pages alike (`retrieval.search.service`)."""
 
@@ -63,11 +83,13 @@ class SearchSerializer(serializers.ModelSerializer):
     negative_assets = serializers.SerializerMethodField(help_text="Negative photos (of libraries you can see now)")
     proxies = serializers.SerializerMethodField()
     space = serializers.CharField(source="space.name", default=None, read_only=True, allow_null=True)
+    filters = PhotoFiltersSerializer(read_only=True, help_text="The filters inside the scope (a refinement keeps "
+                                                               "its parent's)")
 
     class Meta:
         model = Search
         fields = ["id", "url", "results_url", "text", "libraries", "k", "seed", "lambda_override", "text_only",
-                  "parent", "disabled_proxies", "positive_assets", "negative_assets", "negative_text", "status", "status_display", "waiting", "progress", "error",
+                  "parent", "disabled_proxies", "positive_assets", "negative_assets", "negative_text", "filters", "status", "status_display", "waiting", "progress", "error",
                   "space", "lambda_used", "aggregation", "timings", "result_count", "match_count", "match_cutoff", "proxies", "created_at",
                   "started_at", "finished_at"]
 

@@ -18,6 +18,7 @@ from assets.views import PAGE_SIZES, page_size_from
 
 from .models import ProxyImage, Search, SearchExample
 from .search.export import search_export_name, search_export_rows
+from .search.filters import DATE_RULE, STORED_FORMATS, PhotoFilters
 from .search.limits import RateLimited
 from .search.results import matching_results, visible_photos
 from .search.service import Refinement, SearchInputError, SearchRequest, create_search, refine_search
@@ -32,21 +33,55 @@ def _errors(serializer) -> dict[str, list[str]]:
     return {name: [str(message) for message in messages] for name, messages in serializer.errors.items()}
 
 
+FILTER_FIELDS = ("taken_from", "taken_to", "camera_make", "camera_model", "keywords", "formats")
+
+
+def _form_of(search: Search) -> dict:
+    """The search form filled with what `search` asked for (to search again, changed)."""
+    filters = PhotoFilters.from_json(search.filters)
+    return {
+        "text": search.text, "k": str(search.k), "seed": str(search.seed),
+        "lambda_override": "" if search.lambda_override is None else repr(search.lambda_override),
+        "libraries": list(search.libraries.values_list("pk", flat=True)), "text_only": search.text_only,
+        "taken_from": filters.taken_from.isoformat() if filters.taken_from else "",
+        "taken_to": filters.taken_to.isoformat() if filters.taken_to else "",
+        "camera_make": filters.camera_make, "camera_model": filters.camera_model,
+        "keywords": ", ".join(filters.keywords), "formats": list(filters.formats),
+    }
+
+
+def _form_data(post) -> tuple[dict, object]:
+    """(The form as the page shows it again, the data for the serializer): keywords are typed
+    comma-separated in one box."""
+    form = {
+        "text": post.get("text", ""), "k": post.get("k", ""), "seed": post.get("seed", "0"),
+        "lambda_override": post.get("lambda_override", ""),
+        "libraries": _int_list(post.getlist("libraries")), "text_only": bool(post.get("text_only")),
+        "examples": _int_list(post.getlist("examples")),
+        **{name: post.get(name, "") for name in FILTER_FIELDS[:4]},
+        "keywords": ", ".join(k.strip() for k in post.getlist("keywords") if k.strip()),
+        "formats": [f.upper() for f in post.getlist("formats")],
+    }
+    data = post.copy()
+    data.setlist("keywords", [k.strip() for typed in post.getlist("keywords") for k in typed.split(",") if k.strip()])
+    return form, data
+
+
 @login_required
 def search_home(request):
     """The query form. It is read by the API's serializer and checked by the same service as
-    the API, so the page and the API accept and refuse the same things with the same words."""
+    the API, so the page and the API accept and refuse the same things with the same words.
+    `?from=<search id>` fills it with what that search of yours asked for."""
     libraries = libraries_visible_to(request.user).order_by("name")
     status = None
-    errors, form = {}, {"text": "", "k": "", "seed": "0", "lambda_override": "", "libraries": [], "text_only": False}
+    errors, form = {}, {"text": "", "k": "", "seed": "0", "lambda_override": "", "libraries": [], "text_only": False,
+                        **{name: "" for name in FILTER_FIELDS}, "formats": []}
+    source = request.GET.get("from", "")
+    if request.method == "GET" and source.isdigit():
+        form = _form_of(_own_search(request, int(source)))
     if request.method == "POST":
-        form = {
-            "text": request.POST.get("text", ""), "k": request.POST.get("k", ""), "seed": request.POST.get("seed", "0"),
-            "lambda_override": request.POST.get("lambda_override", ""),
-            "libraries": _int_list(request.POST.getlist("libraries")), "text_only": bool(request.POST.get("text_only")),
-            "examples": _int_list(request.POST.getlist("examples")),
-        }
-        parsed = SearchCreateSerializer(data=request.POST)
+        form, data = _form_data(request.POST)
+        parsed = SearchCreateSerializer(data=data)
         try:
             if not parsed.is_valid():
                 raise SearchInputError(_errors(parsed))
@@ -58,7 +93,9 @@ def search_home(request):
             errors, status = {"text": [exc.message]}, 429
     recent = Search.objects.filter(user=request.user).order_by("-created_at")[:15]
     return render(request, "retrieval/search_home.html", {
-        "libraries": libraries, "errors": errors, "form": form, "recent": recent,
+        "libraries": libraries, "errors": errors, "form": form, "recent": recent, "formats": STORED_FORMATS,
+        "date_rule": DATE_RULE, "filters_open": any(form.get(name) for name in FILTER_FIELDS)
+                                                or any(name in errors for name in FILTER_FIELDS),
     }, status=status or (400 if errors else 200))
 
 
@@ -126,6 +163,7 @@ def search_detail(request, pk):
         "positives": positives, "negatives": negatives,
         "positive_ids": {a.pk for a in positives}, "negative_ids": {a.pk for a in negatives},
         "searches_by": _what_it_searches_by(search, positives, negatives, examples),
+        "filters_summary": PhotoFilters.from_json(search.filters).summary(),
         # The "generating" state of a search that makes no proxy images (text only, by example,
         # a refinement reusing its parent's) is its first step, not a generation.
         "generating_label": ("Generating proxies" if search.text and not search.text_only

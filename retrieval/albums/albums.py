@@ -14,6 +14,9 @@
   keeps its row (state removed) so no rescoring or re-indexing brings it back. Either choice
   can be undone (state auto): the photo's score decides again.
 * A search with no matches is not saved: its cutoff only says "above the best photo".
+* Filters: an album keeps its search's filters (dates, camera, keywords, file types;
+  `retrieval.search.filters`): its scope is its libraries narrowed by them (`album_scope`), for
+  saving, for newly indexed photos and for the audit; a photo outside them joins only by hand.
 * Read-time permissions: an album shows only photos of libraries its viewer may see *now*
   (`retrieval.search.scope`), whatever was stored when the photo joined.
 """
@@ -32,9 +35,10 @@ from assets.media import record_removal, settle_quietly
 from assets.models import Asset, Library
 
 from ..models import Album, AlbumExample, AlbumPhoto, AssetEmbedding, EmbeddingSpace, Search
+from ..search.filters import PhotoFilters
 from ..search.matches import query_from_bytes
-from ..search.ranking.exact import exact_at_least, exact_neighbours
 from ..search.ranking import Scope
+from ..search.ranking.exact import exact_at_least, exact_neighbours
 from ..search.ranking.pgvector import scope_scores
 from ..search.results import SORTS
 from ..search.scores import as_score, exact_parts
@@ -53,10 +57,21 @@ def album_library_ids(album: Album) -> list[int]:
     return visible_library_ids(album.user, album.libraries.values_list("pk", flat=True))
 
 
-def album_scope(album: Album) -> Scope:
-    """The photos the album's query covers now (its libraries the owner may see): what a
-    search of its recipe would rank, where albums are made, scored and re-derived."""
-    return Scope.of(album_library_ids(album))
+def album_scope(album: Album, library_ids: Sequence[int] | None = None) -> Scope:
+    """The photos the album takes by score: those its filters keep of its libraries the owner
+    may see now (or of `library_ids`): what a search of its recipe would rank, where albums are
+    made, scored, audited and re-derived."""
+    libraries = album_library_ids(album) if library_ids is None else library_ids
+    return Scope(tuple(sorted(libraries)), photos=PhotoFilters.from_json(album.filters).photos())
+
+
+def kept_by_filters(album: Album, asset_ids: Sequence[int]) -> np.ndarray:
+    """For each of these photos, whether the album's filters keep it (one query, none without filters)."""
+    filtered = PhotoFilters.from_json(album.filters).photos()
+    if filtered is None or not len(asset_ids):
+        return np.ones(len(asset_ids), dtype=bool)
+    kept = filtered.filter(pk__in=[int(pk) for pk in asset_ids]).values_list("pk", flat=True)
+    return np.isin(np.asarray(asset_ids, dtype=np.int64), np.fromiter(kept, dtype=np.int64))
 
 
 def viewable_library_ids(album: Album, viewer) -> list[int]:
@@ -66,7 +81,8 @@ def viewable_library_ids(album: Album, viewer) -> list[int]:
 
 # What an album keeps of its search's recipe besides its libraries, photos and uploads (copied
 # field by field when it is saved; retrieval.albums.derive makes the query again from them).
-RECIPE_FIELDS = ("text", "k", "seed", "lambda_override", "text_only", "negative_text", "disabled_proxies")
+RECIPE_FIELDS = ("text", "k", "seed", "lambda_override", "text_only", "negative_text", "disabled_proxies",
+                 "filters")
 
 
 def create_album_from_search(user, search: Search, name: str) -> Album:
@@ -138,6 +154,8 @@ def add_indexed_photos(space: EmbeddingSpace, assets: Sequence[Asset], vectors: 
     added = 0
     for album in albums:
         in_scope = np.isin(libraries, album_library_ids(album))
+        if in_scope.any():
+            in_scope[in_scope] = kept_by_filters(album, asset_ids[in_scope])
         if not in_scope.any():
             continue
         scores = exact_parts(query_from_bytes(album.query_vector), e[in_scope], space.vlm_dim).score
@@ -183,14 +201,14 @@ def set_photo_state(album: Album, asset_id: int, state: str) -> AlbumPhoto | Non
 
 
 def _back_to_score(album: Album, asset_id: int) -> AlbumPhoto | None:
-    """The photo is in the album when it scores at least the cutoff now, as if no hand had
-    touched it; a photo not indexed in the album's space has no score yet and joins when it is
-    (`add_indexed_photos`)."""
+    """The photo is in the album when it passes the album's filters and scores at least the
+    cutoff now, as if no hand had touched it; a photo not indexed in the album's space has no
+    score yet and joins when it is (`add_indexed_photos`)."""
     vector = (AssetEmbedding.objects.filter(asset_id=asset_id, space_id=album.space_id)
               .values_list("vector", flat=True).first() if album.space_id else None)
     score = (exact_parts(query_from_bytes(album.query_vector), np.asarray(vector, dtype=np.float16)[None, :],
                          album.space.vlm_dim).score[0] if vector is not None else None)
-    if score is None or score < as_score(album.cutoff):
+    if score is None or not kept_by_filters(album, [asset_id])[0] or score < as_score(album.cutoff):
         AlbumPhoto.objects.filter(album=album, asset_id=asset_id).delete()
         return None
     photo, _ = AlbumPhoto.objects.update_or_create(album=album, asset_id=asset_id,
@@ -235,7 +253,7 @@ def audit(album: Album, viewer, side: int = AUDIT_SIDE) -> Audit:
     if album.space is None:
         return Audit(album.cutoff, [], [], proxies, list(album.disabled_proxies))
     u = query_from_bytes(album.query_vector)
-    fast = scope_scores(album.space, u, viewable_library_ids(album, viewer))
+    fast = scope_scores(album.space, u, album_scope(album, viewable_library_ids(album, viewer)))
     (above_ids, above), (below_ids, below) = exact_neighbours(fast, album.cutoff, side, u, album.space.vlm_dim)
     picked, scores = [int(pk) for pk in np.concatenate([above_ids, below_ids])], np.concatenate([above, below])
     states = dict(AlbumPhoto.objects.filter(album=album, asset_id__in=picked).values_list("asset_id", "state"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
+from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -18,9 +19,11 @@ from rest_framework.response import Response
 
 from assets.api import EXPORT_URL_PATH, DownloadNegotiation, PhotoPagination, export_schema
 from assets.export import export_response
+from assets.list_filters import LIST_FILTERS, SortFilter, filter_list
 
 from ..models import Album, AlbumPhoto, Search
 from ..search.results import SORTS
+from ..serializers import PhotoFiltersSerializer
 from .albums import (
     NOT_OWNER,
     AlbumError,
@@ -44,13 +47,15 @@ class AlbumSerializer(serializers.ModelSerializer):
     derivation = serializers.ChoiceField(Album.Derivation.choices, read_only=True, help_text=(
         "`current`; `updating`: being made again for the model search uses now (its photos stay meanwhile); "
         "`failed`: that failed (`derivation_error` says why; it is tried again later)"))
+    filters = PhotoFiltersSerializer(read_only=True, help_text="The saved search's filters: photos outside them "
+                                                               "join only when pinned")
 
     class Meta:
         model = Album
         # No proxy set id: sets are shared between users, and an id seen twice would tell one user
         # that another searched the same category (retrieval.search.cache_privacy).
         fields = ["id", "url", "photos_url", "name", "owner", "shared", "libraries", "space", "cutoff",
-                  "source_search", "disabled_proxies", "derivation", "derivation_error", "created_at"]
+                  "source_search", "disabled_proxies", "filters", "derivation", "derivation_error", "created_at"]
         read_only_fields = ["shared", "derivation_error"]
 
     def get_url(self, album) -> str:
@@ -105,6 +110,10 @@ def _flag(request, name: str) -> bool:
 READ_ACTIONS = frozenset({"retrieve", "photos", "export"})
 
 
+class AlbumPhotoFilter(filters.FilterSet):
+    sort = SortFilter(SORTS, help_text="by capture (default) or upload time")
+
+
 class AlbumViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin,
                    viewsets.GenericViewSet):
     serializer_class = AlbumSerializer
@@ -142,6 +151,13 @@ class AlbumViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
     def perform_destroy(self, album):
         delete_album(album)
 
+    filterset_class = None  # each list action names its own
+
+    def filter_queryset(self, queryset):
+        # The filter backends given to actions describe their lists' parameters (the schema);
+        # the lists read them through `filter_list`, never the lookup of the object itself.
+        return queryset
+
     @extend_schema(request=AlbumCreateSerializer, responses={201: AlbumSerializer})
     def create(self, request):
         data = AlbumCreateSerializer(data=request.data)
@@ -154,15 +170,12 @@ class AlbumViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
         body = AlbumSerializer(self.get_queryset().get(pk=album.pk), context=self.get_serializer_context()).data
         return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})
 
-    @extend_schema(responses=AlbumPhotoSerializer(many=True),
-                   parameters=[OpenApiParameter("sort", str, enum=[*SORTS], description="capture (default) or upload time")])
-    @action(detail=True, methods=["get"], pagination_class=PhotoPagination)
+    @extend_schema(responses=AlbumPhotoSerializer(many=True))
+    @action(detail=True, methods=["get"], pagination_class=PhotoPagination, filter_backends=LIST_FILTERS,
+            filterset_class=AlbumPhotoFilter)
     def photos(self, request, pk=None):
         album = self.get_object()
-        sort = request.query_params.get("sort", "taken")
-        if sort not in SORTS:
-            raise ValidationError({"sort": [f"One of: {', '.join(SORTS)}."]})
-        page = self.paginate_queryset(album_photos(album, request.user, sort))
+        page = self.paginate_queryset(filter_list(AlbumPhotoFilter, request, album_photos(album, request.user)))
         return self.get_paginated_response(AlbumPhotoSerializer(page, many=True, context={"request": request}).data)
 
     @export_schema("the album's photos (pinned and automatic), by capture time")

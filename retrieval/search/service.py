@@ -7,6 +7,7 @@ proxies, so re-ranking never regenerates what exists.
 """
 from __future__ import annotations
 
+import datetime as dt
 import os
 from dataclasses import dataclass, field
 
@@ -22,6 +23,7 @@ from retrieval.engine.profiles import PROFILES
 
 from ..indexing.spaces import serving_space
 from ..models import Search, SearchExample
+from .filters import FilterInputError, PhotoFilters
 from .limits import check_search_quota
 from .query import MAX_QUERY_LENGTH, clean_text
 from .results import visible_photos
@@ -52,6 +54,22 @@ class SearchRequest:
     text_only: bool = False
     # Photos to search by (extra proxies); with no text, a search by example alone.
     examples: list[int] = field(default_factory=list)
+    # Filters inside the scope (retrieval.search.filters): only these photos are ranked.
+    taken_from: dt.date | None = None
+    taken_to: dt.date | None = None  # inclusive
+    camera_make: str = ""
+    camera_model: str = ""
+    keywords: list[str] = field(default_factory=list)  # all of them
+    formats: list[str] = field(default_factory=list)  # any of them
+
+    def photo_filters(self, errors: dict[str, list[str]]) -> PhotoFilters:
+        """The request's filters; what is wrong with them goes into `errors`."""
+        try:
+            return PhotoFilters.parse(self.taken_from, self.taken_to, self.camera_make, self.camera_model,
+                                      self.keywords, self.formats)
+        except FilterInputError as exc:
+            errors.update(exc.errors)
+            return PhotoFilters()
 
 
 @dataclass
@@ -103,13 +121,14 @@ def create_search(user, request: SearchRequest) -> Search:
     if unknown:
         # Same answer whether the library exists or not: nothing leaks.
         errors.setdefault("libraries", []).append(f"No such library: {', '.join(map(str, unknown))}.")
+    filters = request.photo_filters(errors)
     if errors:
         raise SearchInputError(errors)
     check_search_quota(user, text, request.seed, k, request.text_only)
     with transaction.atomic():
         search = Search.objects.create(
             user=user, text=text, k=k, seed=request.seed, lambda_override=request.lambda_override,
-            text_only=request.text_only, top_n=settings.CLETIR_SEARCH_TOP_N,
+            text_only=request.text_only, top_n=settings.CLETIR_SEARCH_TOP_N, filters=filters.to_json(),
         )
         search.libraries.set(request.libraries)
         search.positive_assets.set(request.examples)
@@ -160,6 +179,7 @@ def refine_search(parent: Search, user, refinement: Refinement) -> Search:
             user=user, text=parent.text, k=k, seed=parent.seed, lambda_override=parent.lambda_override,
             text_only=parent.text_only, top_n=parent.top_n, parent=parent,
             disabled_proxies=sorted(set(wanted["disabled_proxies"])), negative_text=negative_text,
+            filters=dict(parent.filters),
         )
         search.libraries.set(parent.libraries.all())
         search.positive_assets.set(wanted["positive_assets"])

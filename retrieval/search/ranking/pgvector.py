@@ -72,10 +72,14 @@ def candidate_count(scope: Scope | list[int], up_to: int) -> int:
     """How many photos a ranking over this scope considers (failed ones never count),
     counted no further than `up_to` + 1: the decision needs no more. Counting even that far
     costs ~5 ms (20k rows), as much as the graph query it decides about, so a scope that the
-    table statistics put far from `up_to` is not counted at all: its estimate is returned."""
+    table statistics put far from `up_to` is not counted at all: its estimate is returned.
+    A scope narrowed by filters (`Scope.photos`) is counted whenever its libraries are large:
+    the statistics know the libraries, not how much a filter keeps, and a filter keeping few
+    photos is where the graph loses rows and an exact scan is cheap."""
     scope = Scope.of(scope)
     estimate = _estimated_photos(list(scope.library_ids))
-    if estimate is not None and (estimate > ESTIMATE_MARGIN * up_to or estimate * ESTIMATE_MARGIN < up_to):
+    far_above = estimate is not None and estimate > ESTIMATE_MARGIN * up_to and scope.photos is None
+    if far_above or (estimate is not None and estimate * ESTIMATE_MARGIN < up_to):
         return estimate
     photos = Asset.objects.filter(library_id__in=scope.library_ids).exclude(status=Asset.Status.FAILED).order_by()
     if scope.photos is not None:

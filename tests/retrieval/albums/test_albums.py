@@ -230,7 +230,9 @@ def test_album_and_match_api_payloads(tiny, ann, library, category, client):
         "id": album.pk, "url": f"http://testserver/api/albums/{album.pk}/",
         "photos_url": f"http://testserver/api/albums/{album.pk}/photos/", "name": "Boats", "owner": "ann",
         "shared": False, "libraries": [], "space": tiny.name, "cutoff": search.match_cutoff, "source_search": search.pk,
-        "disabled_proxies": [], "derivation": "current", "derivation_error": "",
+        "disabled_proxies": [], "filters": {"taken_from": None, "taken_to": None, "camera_make": "", "camera_model": "",
+                                            "keywords": [], "formats": []},
+        "derivation": "current", "derivation_error": "",
         "created_at": album.created_at.isoformat().replace("+00:00", "Z"),
     }
     assert [a["id"] for a in client.get("/api/albums/").json()] == [album.pk]  # no pagination on lists
