@@ -113,24 +113,22 @@ def chart_of_estimate(estimate: dict, match_count: int, cutoff: float | None) ->
 # ---------------------------------------------------------------------------- drawing
 
 
-def nice_ticks(low: float, high: float, most: int) -> list[float]:
-    """At most `most` round values (1, 2 or 5 × a power of ten apart) from `low` to `high`."""
+def nice_ticks(low: float, high: float, about: int) -> list[float]:
+    """About `about` round values, 1, 2 or 5 × a power of ten apart, from `low` to `high`."""
     if high <= low:
         return [low]
-    raw = (high - low) / max(most - 1, 1)
-    power = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-    first = math.ceil(low / step - 1e-9)
-    ticks = []
-    k = first
-    while k * step <= high + step * 1e-9:
-        ticks.append(round(k * step, 12))
-        k += 1
-    return ticks
+    power = 10.0 ** math.floor(math.log10((high - low) / max(about, 1)))
+
+    def ticks(step: float) -> list[float]:
+        first, last = math.ceil(low / step - 1e-9), math.floor(high / step + 1e-9)
+        return [round(k * step, 12) for k in range(first, last + 1)]
+
+    # The step whose tick count is nearest `about` (the larger step on a tie).
+    return min((ticks(m * power) for m in (10, 5, 2, 1)), key=lambda values: abs(len(values) - about))
 
 
 def _score_step(low: float, high: float) -> float:
-    ticks = nice_ticks(low, high, 7)
+    ticks = nice_ticks(low, high, 6)
     return ticks[1] - ticks[0] if len(ticks) > 1 else max(abs(high - low), 1e-6)
 
 
@@ -202,7 +200,7 @@ def chart_svg(chart: ScoreChart, element_id: str = "score-chart") -> str:
     baseline = TOP + PLOT_HEIGHT
     out.append(f'<g class="score-axis" fill="#5b6575" text-anchor="middle">'
                f'<line x1="{LEFT}" x2="{LEFT + PLOT_WIDTH}" y1="{baseline}" y2="{baseline}" stroke="#5b6575"/>')
-    for tick in nice_ticks(x_low, x_high, 7):
+    for tick in nice_ticks(x_low, x_high, 6):
         x = _n(chart.x_of(tick))
         out.append(f'<line x1="{x}" x2="{x}" y1="{baseline}" y2="{baseline + 4}" stroke="#5b6575"/>'
                    f'<text x="{x}" y="{baseline + 15}">{_tick_label(tick, step)}</text>')
