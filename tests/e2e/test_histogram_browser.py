@@ -9,18 +9,12 @@ import pytest
 from retrieval.albums.albums import create_album_from_search
 from retrieval.search.cutoff import DISPLAY_BINS
 from tests.e2e.test_browser import ARTIFACTS, browser_page, screenshot  # noqa: F401 (fixtures)
+from tests.e2e.test_pages import log_in
 from tests.retrieval.albums.test_albums import TEXT, category  # noqa: F401 (fixture)
 from tests.retrieval.conftest import ann, library  # noqa: F401 (fixtures)
 from tests.retrieval.search.test_search_core import tiny  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-def log_in(page, url: str) -> None:
-    page.goto(f"{url}/accounts/login/")
-    page.fill("#id_username", "ann")
-    page.fill("#id_password", "pw-ann")
-    page.click("form[action$='/accounts/login/'] button[type=submit]")
 
 
 def check_chart(page, caption: str) -> None:
