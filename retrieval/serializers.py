@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from .models import Search, SearchResult
+from .search.cutoff import Mixture
 from .search.filters import DATE_RULE, MAX_CAMERA_TEXT, MAX_FILTER_KEYWORDS, STORED_FORMATS
 from .search.query import MAX_QUERY_LENGTH
 from .search.results import visible_photos
@@ -71,6 +73,45 @@ class SearchRefineSerializer(serializers.Serializer):
                                           help_text="Ids of the refined search's uploaded examples to keep")
 
 
+class ScoreComponentSerializer(serializers.Serializer):
+    mean = serializers.FloatField()
+    std = serializers.FloatField()
+    weight = serializers.FloatField(help_text="Its share of the scope's photos")
+
+
+class MatchMixtureSerializer(serializers.Serializer):
+    background = ScoreComponentSerializer(help_text="The other photos of the scope")
+    category = ScoreComponentSerializer(help_text="The photos of the query's category")
+
+
+class ScoreHistogramSerializer(serializers.Serializer):
+    low = serializers.FloatField(help_text="The lowest score: where the first bin starts")
+    high = serializers.FloatField(help_text="The highest score: where the last bin ends")
+    counts = serializers.ListField(child=serializers.IntegerField(), help_text="Photos per bin, in equal bins from "
+                                   "`low` to `high` (64 bins; they add up to `photos`)")
+
+
+class MatchEstimateSerializer(serializers.Serializer):
+    photos = serializers.IntegerField(allow_null=True, help_text="Photos in the search's scope when it was counted")
+    mixture = MatchMixtureSerializer(allow_null=True, help_text="The two Gaussians fitted on the scope's scores; null "
+                                     "when no separate category stands out (then no photo is counted as a match)")
+    histogram = ScoreHistogramSerializer(allow_null=True, help_text="The scope's scores (the fast ones the mixture "
+                                         "is fitted on); null for a search counted before histograms were kept")
+
+
+def match_estimate_payload(search: Search) -> dict | None:
+    """The stored estimate as the API shows it; None until the matches are counted."""
+    if search.match_count is None:
+        return None
+    stored = search.match_estimate or {}
+    fit = Mixture.of_estimate(stored)
+    mixture = None if fit is None else {
+        "background": {"mean": fit.background[0], "std": fit.background[1], "weight": round(1.0 - fit.weight, 6)},
+        "category": {"mean": fit.category[0], "std": fit.category[1], "weight": fit.weight},
+    }
+    return {"photos": stored.get("photos"), "mixture": mixture, "histogram": stored.get("histogram")}
+
+
 class SearchSerializer(serializers.ModelSerializer):
     url = serializers.SerializerMethodField()
     results_url = serializers.SerializerMethodField()
@@ -85,12 +126,14 @@ class SearchSerializer(serializers.ModelSerializer):
     space = serializers.CharField(source="space.name", default=None, read_only=True, allow_null=True)
     filters = PhotoFiltersSerializer(read_only=True, help_text="The filters inside the scope (a refinement keeps "
                                                                "its parent's)")
+    match_estimate = serializers.SerializerMethodField(help_text="How `match_count` was estimated: the mixture fitted "
+                                                       "on the scope's scores and their histogram; null until counted")
 
     class Meta:
         model = Search
         fields = ["id", "url", "results_url", "text", "libraries", "k", "seed", "lambda_override", "text_only",
                   "parent", "disabled_proxies", "positive_assets", "negative_assets", "negative_text", "filters", "status", "status_display", "waiting", "progress", "error",
-                  "space", "lambda_used", "aggregation", "timings", "result_count", "match_count", "match_cutoff", "proxies", "created_at",
+                  "space", "lambda_used", "aggregation", "timings", "result_count", "match_count", "match_cutoff", "match_estimate", "proxies", "created_at",
                   "started_at", "finished_at"]
 
     def _absolute(self, name, *args):
@@ -110,6 +153,10 @@ class SearchSerializer(serializers.ModelSerializer):
 
     def get_negative_assets(self, search) -> list[int]:
         return self._visible_ids(search.negative_assets)
+
+    @extend_schema_field(MatchEstimateSerializer(allow_null=True))
+    def get_match_estimate(self, search) -> dict | None:
+        return match_estimate_payload(search)
 
     def get_proxies(self, search) -> list[dict]:
         if search.proxy_set is None:

@@ -403,7 +403,9 @@ def test_train_aggregator_saves_the_network_for_the_active_space(tiny_active_spa
     from retrieval.search.inputs import space_aggregator
 
     folder = _labelled_folder(tmp_path / "photos")
-    output = _run("train_aggregator", str(folder), "--k", "2", "--epochs", "3", "--seed", "1", "--force")
+    curves = tmp_path / "reports" / "curves.png"
+    output = _run("train_aggregator", str(folder), "--k", "2", "--epochs", "3", "--seed", "1", "--force",
+                  "--pr-curves", str(curves))
 
     space = tiny_active_space
     space.refresh_from_db()
@@ -423,6 +425,9 @@ def test_train_aggregator_saves_the_network_for_the_active_space(tiny_active_spa
     assert [row.split(" | ")[0] for row in lines[after + 3:after + 5]] == [
         "| proxies only (aggregator, λ=1)", f"| text + aggregator (learned λ={net.lam():.2f})"]
     assert lines[-1] == f"saved {path}; space {space} now aggregates proxies with it (λ={net.lam():.3f})"
+    assert lines[after + 5:after + 7] == ["", f"precision-recall curves: {curves}"]
+    with Image.open(curves) as image:
+        assert (image.format, image.size) == ("PNG", (800, 560))
     metadata = read_aggregator_metadata(path)
     assert json.loads(metadata["config"])["vision_model"] == space.vision_model
     assert metadata["space_fingerprint"] == space.fingerprint
@@ -447,7 +452,8 @@ def test_train_aggregator_refuses_a_network_that_does_not_beat_mean_pooling(tiny
     folder = _labelled_folder(tmp_path / "photos")
 
     with pytest.raises(CommandError) as refused:
-        _run("train_aggregator", str(folder), "--k", "2", "--epochs", "2")
+        _run("train_aggregator", str(folder), "--k", "2", "--epochs", "2", "--pr-curves", str(tmp_path / "pr.png"))
+    assert (tmp_path / "pr.png").is_file()  # the curves are written whether or not the network is kept
 
     assert str(refused.value).endswith(
         "does not beat mean pooling with λ=0.5 (1.0000) on the held-out categories; nothing saved, search keeps "

@@ -35,14 +35,17 @@ from assets.media import record_removal, settle_quietly
 from assets.models import Asset, Library
 
 from ..models import Album, AlbumExample, AlbumPhoto, AssetEmbedding, EmbeddingSpace, Search
+from ..search.cutoff import HISTOGRAM_BINS, fit_mixture
 from ..search.filters import PhotoFilters
 from ..search.matches import query_from_bytes
 from ..search.ranking import Scope
-from ..search.ranking.exact import exact_at_least, exact_neighbours
+from ..search.ranking.base import ScopeScores
+from ..search.ranking.exact import exact_at_least, exact_count, exact_neighbours
 from ..search.ranking.pgvector import scope_scores
 from ..search.results import SORTS
-from ..search.scores import as_score, exact_parts
 from ..search.scope import visible_library_ids
+from ..search.score_chart import ScoreChart, chart_of
+from ..search.scores import as_score, exact_parts
 
 AUDIT_SIDE = 12
 
@@ -245,6 +248,18 @@ class Audit:
     below: list[AuditRow]  # the best photos under the cutoff, best first
     proxies: list  # ProxyImage rows of the album's proxy set
     disabled_proxies: list[int]
+    chart: ScoreChart | None = None  # the scope's scores and the cutoff, drawn
+
+
+def score_chart(fast: ScopeScores, cutoff: float, query: np.ndarray, split: int) -> ScoreChart | None:
+    """The album scope's scores with the album's cutoff line and, when the scores show a
+    separate category, the components of the match estimate's fit (fitted afresh on this scope,
+    without the search's proxy hint: the album keeps no proxy features)."""
+    histogram = fast.histogram(HISTOGRAM_BINS)
+    # At least the cutoff in float32 = more than the float32 just below it.
+    at_least, _ = exact_count(fast, float(np.nextafter(as_score(cutoff), np.float32(-np.inf))), query, split)
+    caption = f"{at_least} photo{'' if at_least == 1 else 's'} at or above it"
+    return chart_of(histogram, fit_mixture(histogram), cutoff, caption)
 
 
 def audit(album: Album, viewer, side: int = AUDIT_SIDE) -> Audit:
@@ -261,7 +276,8 @@ def audit(album: Album, viewer, side: int = AUDIT_SIDE) -> Audit:
     cut = len(above_ids)
     rows = [AuditRow(pk, libraries[pk], score, states.get(pk, ""), i < cut)
             for i, (pk, score) in enumerate(zip(picked, scores))]
-    return Audit(album.cutoff, rows[:cut], rows[cut:], proxies, list(album.disabled_proxies))
+    return Audit(album.cutoff, rows[:cut], rows[cut:], proxies, list(album.disabled_proxies),
+                 score_chart(fast, album.cutoff, u, album.space.vlm_dim))
 
 
 def albums_of(user) -> QuerySet[Album]:

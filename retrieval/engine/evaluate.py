@@ -2,7 +2,7 @@
 
     python -m retrieval.engine.evaluate PHOTOS/ --profile default [--k 4] [--seed 0]
         [--aggregator agg.safetensors] [--templates all|single|FILE] [--lam 0.5]
-        [--features-out features.npz] [--device cpu]
+        [--features-out features.npz] [--pr-curves precision-recall.png] [--device cpu]
 
 ``PHOTOS/`` holds one sub-folder per category; the sub-folder name is the query text
 (underscores become spaces: ``golden_retriever/`` -> "golden retriever"); every image file in it
@@ -15,7 +15,9 @@ with ``--templates FILE``, one template a line, ``{}`` for the category), the pr
 generator makes K proxy images (seeds ``seed .. seed+K-1``, so a run is reproducible) and the
 vision encoder embeds them. The printed table is the mAP of: text only (λ=0), proxies only
 (mean pooling), text + mean proxies fused at ``--lam``, and text + aggregator at its learned λ
-when ``--aggregator`` is given. With ``--features-out`` all features are saved in the format
+when ``--aggregator`` is given. Beside it, the precision-recall curve of each row (averaged
+over the categories) is written as a PNG (``--pr-curves``, default ``precision-recall.png`` in
+the current folder; the path is printed under the table). With ``--features-out`` all features are saved in the format
 of :mod:`retrieval.engine.train`, so a user with real weights can train an aggregator on their own
 data and re-run this command with it.
 """
@@ -33,9 +35,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .aggregator import ProxyAggregator, load_aggregator
+from .pr_plot import save_pr_curves
 from .prompts import read_templates
 from .seeds import proxy_seeds
-from .train import FeatureSet, compare_methods, format_table, save_features
+from .train import FeatureSet, compare_methods, format_table, precision_recall_curves, save_features
 
 if TYPE_CHECKING:  # the model side is only imported when features are actually extracted
     from .encoders import Encoders
@@ -206,6 +209,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lam", type=float, default=0.5, help="λ for text + mean proxies (default 0.5)")
     p.add_argument("--features-out", type=Path, default=None, help="write the train feature file here")
+    p.add_argument("--pr-curves", type=Path, default=Path("precision-recall.png"),
+                   help="write the precision-recall curves here (PNG; default: precision-recall.png)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the profile's choice)")
     p.add_argument("--batch-size", type=int, default=64, help="photos read per batch")
     p.add_argument("--quiet", action="store_true", help="print only the table")
@@ -245,7 +250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"profile {profile.name}: {len(folder.categories)} categories, {len(folder.paths)} photos, "
         f"K={k}, seed {args.seed}, templates {args.templates}, text mean {profile.text_mean}\n"
     )
-    print(format_table(compare_methods(features, None, net, args.lam)))
+    rows = compare_methods(features, None, net, args.lam)
+    print(format_table(rows))
+    path = save_pr_curves(args.pr_curves, precision_recall_curves(features, None, net, args.lam),
+                          f"{profile.name}: {len(folder.categories)} categories, {len(folder.paths)} photos",
+                          maps=dict(rows))
+    print(f"\nprecision-recall curves: {path.resolve()}")
     return 0
 
 

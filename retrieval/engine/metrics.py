@@ -1,4 +1,5 @@
-"""Ranking metrics: AP / mAP (Oxford/Paris revisited convention), precision@k, recall@k.
+"""Ranking metrics: AP / mAP (Oxford/Paris revisited convention), precision@k, recall@k, and
+precision-recall curves.
 
 AP is the area under the precision-recall curve by the trapezoid rule over the ranks of the
 positives, exactly as ``compute_ap`` of the revisited Oxford/Paris benchmark (Radenović et al.
@@ -13,6 +14,11 @@ Ranking: scores are sorted descending with a stable sort, so ties keep the datab
 (deterministic; ties are rare with float features). Integer and boolean scores are ranked as
 numbers (True above False); a NaN score is an error, never silently ranked last. A query without positives has an undefined
 AP (NaN) and is left out of the mean, like the revisited benchmark does.
+
+A precision-recall curve is drawn as interpolated precision at fixed recall levels (the
+PASCAL VOC / COCO convention): at recall r, the best precision of any cut of the ranking that
+recalls at least r. It is defined for every level, so the curves of queries with different
+numbers of positives average level by level into one curve per method.
 
 Everything is vectorised over queries; the (Q, N) work is done in chunks of queries so that an
 ImageNet-sized evaluation (1000 x 50000) does not need gigabytes at once.
@@ -31,7 +37,12 @@ __all__ = [
     "mean_average_precision",
     "precision_at_k",
     "recall_at_k",
+    "RECALL_LEVELS",
+    "interpolated_precision",
 ]
+
+# The recall levels of a precision-recall curve: 0, 0.01, ..., 1 (COCO's 101 points).
+RECALL_LEVELS = np.linspace(0.0, 1.0, 101)
 
 # Number of (query, item) cells handled per chunk: bounds temporary memory to ~100 MB.
 _CHUNK_CELLS = 4_000_000
@@ -176,3 +187,34 @@ def recall_at_k(scores: np.ndarray, positives: np.ndarray, k: int) -> float | np
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.where(n_pos > 0, hits / np.maximum(n_pos, 1), np.nan)
     return float(out[0]) if single else out
+
+
+def interpolated_precision(scores: np.ndarray, positives: np.ndarray,
+                           recall_levels: np.ndarray = RECALL_LEVELS) -> np.ndarray:
+    """Interpolated precision at each of `recall_levels` per query: (Q, N) -> (Q, R), NaN rows
+    for queries without positives; (N,) -> (R,).
+
+    With n positives, recall r is first reached at the k-th positive, k = ceil(r n) (at least
+    1), and the best precision from there on is reached at a positive (precision only falls
+    between two positives): the maximum of (j + 1) / (rank_j + 1) over positives j >= k - 1.
+    """
+    s, p, single = _as_2d(scores, positives)
+    levels = np.asarray(recall_levels, dtype=np.float64)
+    if levels.ndim != 1 or np.any((levels < 0) | (levels > 1)):
+        raise ValueError("recall levels must be a 1-D array of values in [0, 1]")
+    out = np.full((s.shape[0], len(levels)), np.nan)
+    step = max(1, _CHUNK_CELLS // max(1, s.shape[1]))
+    for start in range(0, s.shape[0], step):
+        flags = ranked_positive_flags(s[start:start + step], p[start:start + step])
+        for row, ranked in enumerate(flags):
+            ranks = np.flatnonzero(ranked)
+            n = len(ranks)
+            if not n:
+                continue
+            precision = np.arange(1, n + 1, dtype=np.float64) / (ranks + 1.0)
+            best_from = np.maximum.accumulate(precision[::-1])[::-1]
+            # The 1e-9 keeps r n that lands on a whole number (0.3 * 10 = 3.0000000000000004)
+            # at that number.
+            k = np.clip(np.ceil(levels * n - 1e-9).astype(np.int64), 1, n)
+            out[start + row] = best_from[k - 1]
+    return out[0] if single else out

@@ -75,7 +75,8 @@ from .aggregator import (
     save_aggregator,
 )
 from .fusion import fused_scores
-from .metrics import mean_average_precision
+from .metrics import RECALL_LEVELS, interpolated_precision, mean_average_precision
+from .pr_plot import save_pr_curves
 
 __all__ = [
     "FeatureSet",
@@ -91,6 +92,7 @@ __all__ = [
     "text_mean_metadata",
     "fused_map",
     "compare_methods",
+    "precision_recall_curves",
     "format_table",
     "main",
 ]
@@ -209,15 +211,39 @@ def subset_categories(features: FeatureSet, categories: np.ndarray) -> FeatureSe
 # ----------------------------------------------------------------------------- evaluation
 
 
+def _fused(features: FeatureSet, categories: np.ndarray, queries: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, positives) of the fused ranking of the whole database for the given categories."""
+    cats = np.asarray(categories)
+    scores = fused_scores(features.text_features[cats], queries, lam, features.db_vlm, features.db_vision)
+    return scores, features.db_labels[None, :] == cats[:, None]
+
+
 def fused_map(features: FeatureSet, categories: np.ndarray, queries: np.ndarray, lam: float) -> float:
     """mAP of the fused ranking of the whole database for the given categories.
 
     ``queries`` are the (len(categories), Dv) proxy query vectors q of those categories.
     """
-    cats = np.asarray(categories)
-    scores = fused_scores(features.text_features[cats], queries, lam, features.db_vlm, features.db_vision)
-    positives = features.db_labels[None, :] == cats[:, None]
-    return mean_average_precision(scores, positives)
+    return mean_average_precision(*_fused(features, categories, queries, lam))
+
+
+def _methods(
+    features: FeatureSet, cats: np.ndarray, net: ProxyAggregator | None, lam: float
+) -> list[tuple[str, np.ndarray | None, float]]:
+    """The rows of the comparison: (label, proxy query vectors or None when there is no
+    network, λ)."""
+    mean_q = mean_pool(features.proxy_features[cats])
+    rows: list[tuple[str, np.ndarray | None, float]] = [
+        ("text only (λ=0)", mean_q, 0.0),
+        ("proxies only (mean, λ=1)", mean_q, 1.0),
+        (f"text + mean proxies (λ={lam:.2f})", mean_q, lam),
+    ]
+    if net is None:
+        rows.append(("text + aggregator (learned λ)", None, 0.0))
+    else:
+        agg_q = aggregate(features.proxy_features[cats], net)
+        rows.append(("proxies only (aggregator, λ=1)", agg_q, 1.0))
+        rows.append((f"text + aggregator (learned λ={net.lam():.2f})", agg_q, net.lam()))
+    return rows
 
 
 def compare_methods(
@@ -233,21 +259,27 @@ def compare_methods(
     aggregator fused at the learned λ (None when there is no network).
     """
     cats = np.arange(features.n_categories) if categories is None else np.asarray(categories)
-    mean_q = mean_pool(features.proxy_features[cats])
-    rows: list[tuple[str, float | None]] = [
-        ("text only (λ=0)", fused_map(features, cats, mean_q, 0.0)),
-        ("proxies only (mean, λ=1)", fused_map(features, cats, mean_q, 1.0)),
-        (f"text + mean proxies (λ={lam:.2f})", fused_map(features, cats, mean_q, lam)),
-    ]
-    if net is None:
-        rows.append(("text + aggregator (learned λ)", None))
-    else:
-        agg_q = aggregate(features.proxy_features[cats], net)
-        rows.append(("proxies only (aggregator, λ=1)", fused_map(features, cats, agg_q, 1.0)))
-        rows.append(
-            (f"text + aggregator (learned λ={net.lam():.2f})", fused_map(features, cats, agg_q, net.lam()))
-        )
-    return rows
+    return [(label, None if q is None else fused_map(features, cats, q, row_lam))
+            for label, q, row_lam in _methods(features, cats, net, lam)]
+
+
+def precision_recall_curves(
+    features: FeatureSet,
+    categories: np.ndarray | None = None,
+    net: ProxyAggregator | None = None,
+    lam: float = 0.5,
+    recall_levels: np.ndarray = RECALL_LEVELS,
+) -> list[tuple[str, np.ndarray]]:
+    """For each row of :func:`compare_methods` that has a value: (label, precision at
+    ``recall_levels``), the interpolated precision averaged over the categories, as the table
+    averages AP over them."""
+    cats = np.arange(features.n_categories) if categories is None else np.asarray(categories)
+    curves = []
+    for label, q, row_lam in _methods(features, cats, net, lam):
+        if q is not None:
+            precision = interpolated_precision(*_fused(features, cats, q, row_lam), recall_levels)
+            curves.append((label, np.nanmean(precision[~np.isnan(precision).all(axis=1)], axis=0)))
+    return curves
 
 
 def format_table(rows: Sequence[tuple[str, float | None]], title: str = "mAP") -> str:
@@ -495,6 +527,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--proxy-dropout", type=float, default=d.proxy_dropout)
     add_architecture_arguments(p)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--pr-curves", type=Path, default=None,
+                   help="write the validation precision-recall curves here (PNG; default: beside --out, "
+                        "named <out>-precision-recall.png)")
     p.add_argument(
         "--vision-model",
         default=None,
@@ -550,7 +585,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\nValidation: {len(result.val_categories)} held-out categories, "
         f"database = all {len(features.db_labels)} photos\n"
     )
-    print(format_table(compare_methods(features, result.val_categories, result.net)))
+    rows = compare_methods(features, result.val_categories, result.net)
+    print(format_table(rows))
+    curves = save_pr_curves(args.pr_curves or args.out.with_name(f"{args.out.stem}-precision-recall.png"),
+                            precision_recall_curves(features, result.val_categories, result.net),
+                            f"validation: {len(result.val_categories)} held-out categories", maps=dict(rows))
+    print(f"\nprecision-recall curves: {curves.resolve()}")
     return 0
 
 

@@ -38,6 +38,11 @@ category component absorbs part of it, and the sum over-counts. On planted score
 tail the 0.5 rule is within 20% of the true size for 97% of 2-20% categories at a 4-spread
 separation, the sum for 86% (bench/albums.py prints both).
 
+What is kept for the picture of the cutoff (`retrieval.search.score_chart`): the histogram
+summed into DISPLAY_BINS bins (`ScoreHistogram.coarsened`: sums of the fitted bins, so the
+counts add up to the scope's photos exactly and no second pass over the scores is needed) and
+the fitted components, in `MatchEstimate.as_dict` (a search's `match_estimate`, ~1 KB).
+
 When the scores show no separate category (the fitted category is within two background
 spreads of the background, holds under MIN_CATEGORY_PHOTOS photos, or the mixture does not beat
 a single Gaussian by BIC), the count is 0 and the cutoff is above the best score: nothing is
@@ -49,7 +54,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MatchEstimate", "Mixture", "ScoreHistogram", "estimate_matches", "fit_mixture"]
+__all__ = ["DISPLAY_BINS", "MatchEstimate", "Mixture", "ScoreHistogram", "estimate_matches", "fit_mixture"]
 
 # The category is assumed to be a minority of the scope: above this weight the "background"
 # would no longer be the bulk, and the fit would label the wrong component.
@@ -67,6 +72,9 @@ EM_TOLERANCE = 1e-9
 # with every score); a bin is ~1/100 of a typical background spread.
 HISTOGRAM_BINS = 1024
 MAD_TO_SIGMA = 1.4826
+# Bins of the histogram kept with an estimate for its picture: 1024 / 16, a bar per ~3 pixels
+# of a page-wide chart, and a few hundred bytes of JSON.
+DISPLAY_BINS = 64
 # Where the posterior crosses the threshold is found on this many points from the top score
 # down, then refined by bisection.
 THRESHOLD_GRID = 4096
@@ -115,6 +123,24 @@ class ScoreHistogram:
     def share_above(self, x: float) -> float:
         return float(self.counts[self.centers > x].sum()) / max(self.n, 1)
 
+    @property
+    def bin_width(self) -> float:
+        return (self.high - self.low) / len(self.counts)
+
+    def coarsened(self, bins: int) -> ScoreHistogram:
+        """The same scores in `bins` bins, each the sum of neighbouring ones (the number of bins
+        must divide by `bins`): the same range, the same total."""
+        if bins <= 0 or len(self.counts) % bins:
+            raise ValueError(f"{len(self.counts)} bins do not sum into {bins}")
+        return ScoreHistogram(self.counts.reshape(bins, -1).sum(axis=1), self.low, self.high)
+
+    def as_dict(self) -> dict:
+        return {"low": self.low, "high": self.high, "counts": [int(c) for c in self.counts]}
+
+    @classmethod
+    def from_dict(cls, stored: dict) -> ScoreHistogram:
+        return cls(np.asarray(stored["counts"], dtype=np.int64), float(stored["low"]), float(stored["high"]))
+
 
 def _weighted_quantile(low: float, high: float, counts: np.ndarray, q: float) -> float:
     cumulative = np.cumsum(counts, dtype=np.float64)
@@ -134,6 +160,16 @@ class Mixture:
     weight: float
     category: tuple[float, float]  # mean, std
     background: tuple[float, float]
+
+    @classmethod
+    def of_estimate(cls, estimate: dict) -> Mixture | None:
+        """The mixture kept in a stored estimate (`MatchEstimate.as_dict`); None when the fit
+        found no separate category (its weight is 0)."""
+        weight = float(estimate.get("category_weight") or 0.0)
+        if weight <= 0:
+            return None
+        return cls(weight=weight, category=(float(estimate["category_mean"]), float(estimate["category_std"])),
+                   background=(float(estimate["background_mean"]), float(estimate["background_std"])))
 
     def posterior(self, x: np.ndarray) -> np.ndarray:
         return _posteriors(np.asarray(x, dtype=np.float64), self.weight, self.category, self.background)
@@ -169,9 +205,14 @@ class MatchEstimate:
     category_mean: float
     category_std: float
     category_weight: float
+    # The scores' histogram in DISPLAY_BINS bins, for the estimate's picture.
+    histogram: ScoreHistogram | None = None
 
     def as_dict(self) -> dict:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        stored = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items() if k != "histogram"}
+        if self.histogram is not None:
+            stored["histogram"] = self.histogram.as_dict()
+        return stored
 
 
 def _normal_pdf(x: np.ndarray, mean: float, std: float) -> np.ndarray:
@@ -271,12 +312,15 @@ def estimate_matches(scores: np.ndarray, category_hint: float | None = None, pos
     histogram = ScoreHistogram.of(s)
     fit = fit_mixture(histogram, category_hint)
     top = float(s.max()) if s.size else 0.0
+    picture = histogram.coarsened(DISPLAY_BINS)
     if fit is None:
         mean, std = histogram.mean_std() if s.size else (0.0, 0.0)
         return MatchEstimate(count=0, cutoff=float(np.nextafter(top, np.inf)), background_mean=mean,
-                             background_std=std, category_mean=mean, category_std=std, category_weight=0.0)
+                             background_std=std, category_mean=mean, category_std=std, category_weight=0.0,
+                             histogram=picture)
     matches = s[s > fit.threshold(posterior, histogram.low, histogram.high)]
     return MatchEstimate(count=int(matches.size),
                          cutoff=float(matches.min()) if matches.size else float(np.nextafter(top, np.inf)),
                          background_mean=fit.background[0], background_std=fit.background[1],
-                         category_mean=fit.category[0], category_std=fit.category[1], category_weight=fit.weight)
+                         category_mean=fit.category[0], category_std=fit.category[1], category_weight=fit.weight,
+                         histogram=picture)

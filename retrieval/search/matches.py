@@ -9,6 +9,9 @@ the scope. The fit gives a threshold score; the matches are the photos whose *ex
 cutoff is the lowest of those exact scores. So `score >= match_cutoff` holds for exactly
 `match_count` photos of the scope, the stored results' ranks 1..match_count among them, and an
 album saved from the search takes the same photos.
+
+The estimate is stored with the scope's histogram in a few bins and the fitted components, so
+the search page draws the cutoff (`retrieval.search.score_chart`) from the stored row.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import numpy as np
 from django.conf import settings
 
 from ..models import EmbeddingSpace, Search
-from .cutoff import HISTOGRAM_BINS, MatchEstimate, fit_mixture
+from .cutoff import DISPLAY_BINS, HISTOGRAM_BINS, MatchEstimate, fit_mixture
 from .ranking import Ranking
 from .ranking.exact import exact_count
 from .scores import above_float32
@@ -64,7 +67,7 @@ def estimate_scope_matches(space: EmbeddingSpace, u: np.ndarray, ranking: Rankin
     background, category, weight = ((mean, std), (mean, std), 0.0) if fit is None else (fit.background, fit.category, fit.weight)
     estimate = MatchEstimate(count=count, cutoff=float(cutoff), background_mean=background[0],
                              background_std=background[1], category_mean=category[0], category_std=category[1],
-                             category_weight=weight)
+                             category_weight=weight, histogram=histogram.coarsened(DISPLAY_BINS))
     return estimate, scores.size
 
 

@@ -13,8 +13,15 @@ from retrieval.engine.evaluate import (
     resolve_templates,
     scan_folder,
 )
+from retrieval.engine.pr_plot import SIZE
 from retrieval.engine.train import load_features
 from retrieval.engine.train import main as train_main
+
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch):
+    """evaluate writes its precision-recall curves to the current folder by default."""
+    monkeypatch.chdir(tmp_path)
+
 
 CATEGORIES = {"golden_retriever": (200, 160, 60), "red__sports_car": (200, 20, 20), "sea_turtle": (20, 120, 90)}
 
@@ -101,6 +108,10 @@ def test_end_to_end_on_the_tiny_profile(tmp_path, tiny_model_dir, tiny_encoders,
     for row in ("text only (λ=0)", "proxies only (mean, λ=1)", "text + mean proxies (λ=0.50)"):
         assert f"| {row} | " in table
     assert "| text + aggregator (learned λ) | n/a: no trained aggregator |" in table
+    # The curves beside the table: in the current folder unless --pr-curves says where.
+    assert table.endswith(f"\nprecision-recall curves: {tmp_path / 'precision-recall.png'}\n")
+    with Image.open(tmp_path / "precision-recall.png") as curves:
+        assert (curves.format, curves.size) == ("PNG", SIZE)
 
     fs = load_features(feats_path)
     c, n = 3, 9
@@ -120,9 +131,12 @@ def test_end_to_end_on_the_tiny_profile(tmp_path, tiny_model_dir, tiny_encoders,
     # The feature file trains an aggregator, which evaluate then uses with its learned λ.
     agg = tmp_path / "agg.safetensors"
     assert train_main([str(feats_path), "--out", str(agg), "--epochs", "2", "--val-fraction", "0.34"]) == 0
-    capsys.readouterr()
-    assert main(args + ["--aggregator", str(agg)]) == 0
+    assert capsys.readouterr().out.endswith(f"\nprecision-recall curves: {tmp_path / 'agg-precision-recall.png'}\n")
+    assert main(args + ["--aggregator", str(agg), "--pr-curves", str(tmp_path / "with-network.png")]) == 0
     table = capsys.readouterr().out
+    assert table.endswith(f"\nprecision-recall curves: {tmp_path / 'with-network.png'}\n")
+    with Image.open(tmp_path / "with-network.png") as curves:
+        assert curves.size == SIZE
     assert "| text + aggregator (learned λ=" in table and "n/a" not in table
     assert "| proxies only (aggregator, λ=1) | " in table
     # Same folder, same seed: the same features, so the same first three rows.

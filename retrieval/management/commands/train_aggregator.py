@@ -4,17 +4,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
 from retrieval.engine.encoders import load_encoders
 from retrieval.engine.evaluate import extract_features, resolve_templates, scan_folder
 from retrieval.engine.generator import load_generator
+from retrieval.engine.pr_plot import save_pr_curves
 from retrieval.engine.runtime import get_profile
 from retrieval.engine.train import (
     TrainConfig,
     add_architecture_arguments,
     compare_methods,
     format_table,
+    precision_recall_curves,
     save_features,
     text_mean_metadata,
     train_aggregator,
@@ -49,6 +53,9 @@ class Command(BaseCommand):
         parser.add_argument("--lam", type=float, default=0.5, help="λ of the mean-pooling rows of the table")
         parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: the profile's choice)")
         parser.add_argument("--features-out", type=Path, default=None, help="also save the features (.npz)")
+        parser.add_argument("--pr-curves", type=Path, default=None,
+                            help="write the precision-recall curves of the tables here (PNG; default: "
+                                 "var/reports/train_aggregator-space<ID>-<time>.png)")
         parser.add_argument("--force", action="store_true", help="save and use the network even if it does not beat mean pooling")
 
     def handle(self, *args, folder: Path, **o):
@@ -94,10 +101,15 @@ class Command(BaseCommand):
         val = result.val_categories
         held_out = ", ".join(features.category_names[val].tolist())
         self.stdout.write(f"\nheld-out categories ({len(val)}): {held_out}; database: all {len(labelled.paths)} photos")
-        self.stdout.write("\nBefore (mean pooling):\n" + format_table(compare_methods(features, val, None, o["lam"])[:3]))
-        after = compare_methods(features, val, result.net, o["lam"])
+        rows = compare_methods(features, val, result.net, o["lam"])  # mean pooling's 3 rows, then the network's 2
+        self.stdout.write("\nBefore (mean pooling):\n" + format_table(rows[:3]))
         self.stdout.write(f"\nAfter (trained {result.net.config.architecture} aggregator, best epoch "
-                          f"{result.best_epoch}):\n" + format_table(after[3:]))
+                          f"{result.best_epoch}):\n" + format_table(rows[3:]))
+        curves = o["pr_curves"] or (settings.VAR_DIR / "reports" /
+                                    f"train_aggregator-space{space.pk}-{timezone.now():%Y%m%d-%H%M%S}.png")
+        curves = save_pr_curves(curves, precision_recall_curves(features, val, result.net, o["lam"]),
+                                f"{space}: {len(val)} held-out categories, {len(labelled.paths)} photos", maps=dict(rows))
+        self.stdout.write(f"\nprecision-recall curves: {curves.resolve()}")
 
         if not result.improved and not o["force"]:
             raise CommandError(
