@@ -3,10 +3,18 @@ from __future__ import annotations
 
 import re
 
+from django import forms
 from django.db.models import Count
 from django_filters import rest_framework as filters
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_view,
+    inline_serializer,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, NotFound, PermissionDenied, Throttled, ValidationError
@@ -127,14 +135,20 @@ MAX_IDS = 200  # the largest page of photos
 _ID = re.compile(r"[0-9]{1,18}")  # fits the bigint column: a larger number is no photo's id, not a 500
 
 
-def parse_ids(text: str) -> list[int]:
-    """'3,5,8' -> [3, 5, 8]; a clear 400 for anything else."""
-    parts = [part.strip() for part in text.split(",") if part.strip()]
-    if not parts or not all(_ID.fullmatch(part) for part in parts):
-        raise ValidationError({"ids": ["Photo ids (integers), separated by commas."]})
-    if len(parts) > MAX_IDS:
-        raise ValidationError({"ids": [f"At most {MAX_IDS} ids at a time."]})
-    return [int(part) for part in parts]
+class IdListField(forms.CharField):
+    """'3,5,8' -> [3, 5, 8]. Given but empty (`?ids=`) is refused like any malformed list, never
+    read as "no filter": a client that sends the ids of an empty selection gets a 400, not every
+    photo."""
+
+    def to_python(self, value):
+        if value is None:
+            return None
+        parts = [part.strip() for part in str(value).split(",") if part.strip()]
+        if not parts or not all(_ID.fullmatch(part) for part in parts):
+            raise forms.ValidationError("Photo ids (integers), separated by commas.")
+        if len(parts) > MAX_IDS:
+            raise forms.ValidationError(f"At most {MAX_IDS} ids at a time.")
+        return [int(part) for part in parts]
 class DownloadNegotiation(BaseContentNegotiation):
     """For download actions (exports): the URL names the format, so the client's Accept header
     chooses nothing; the first renderer (JSON) renders the errors, and a download is streamed
@@ -290,16 +304,23 @@ class LibraryViewSet(viewsets.ModelViewSet):
         return Response(MembershipSerializer(membership).data)
 
 
+@extend_schema_field(OpenApiTypes.STR)
+class IdsFilter(filters.Filter):
+    field_class = IdListField
+
+    def filter(self, queryset, value):
+        # Unlike other filters, an empty list is not "not given" (IdListField refuses `?ids=`).
+        return queryset if value is None else queryset.filter(**{f"{self.field_name}__{self.lookup_expr}": value})
+
+
 class AssetListFilter(filters.FilterSet):
     library = IdFilter(field_name="library_id", help_text="only photos of this library",
                        error_messages={"invalid": "A library id (an integer)."})
-    ids = filters.CharFilter(method="only_ids", help_text=f"only these photos: up to {MAX_IDS} ids, comma-separated "
-                                                          "(a page refreshing the tiles it shows)")
+    ids = IdsFilter(field_name="pk", lookup_expr="in",
+                    help_text=f"only these photos: up to {MAX_IDS} ids, comma-separated (a page refreshing the tiles "
+                              "it shows)")
     sort = SortFilter(PHOTO_SORTS, help_text="newest upload first (default), oldest first, or by capture time "
                                              "(photos without one last)")
-
-    def only_ids(self, assets, name, value):
-        return assets.filter(pk__in=parse_ids(value))
 
 
 @extend_schema_view(destroy=busy_delete("photo"))

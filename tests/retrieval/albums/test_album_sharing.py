@@ -18,6 +18,8 @@ from tests.retrieval.albums.test_albums import (  # noqa: F401 (fixtures)
 )
 from tests.retrieval.search.test_search_core import new_search, text_vector, tiny  # noqa: F401
 
+NO_FILTERS = {"taken_from": None, "taken_to": None, "camera_make": "", "camera_model": "", "keywords": [], "formats": []}
+
 pytestmark = pytest.mark.django_db
 
 NOT_OWNER = {"detail": "Only the album's owner may change it; it is shared with you read-only."}
@@ -130,7 +132,7 @@ def test_the_owner_renames_and_shares_through_the_api_with_exact_payloads(ann, s
         "id": album.pk, "url": f"http://testserver/api/albums/{album.pk}/",
         "photos_url": f"http://testserver/api/albums/{album.pk}/photos/", "name": "Sailing boats", "owner": "ann",
         "shared": True, "libraries": [], "space": album.space.name, "cutoff": album.cutoff,
-        "source_search": album.source_search_id, "disabled_proxies": [], "derivation": "current",
+        "source_search": album.source_search_id, "disabled_proxies": [], "filters": NO_FILTERS, "derivation": "current",
         "derivation_error": "", "created_at": album.created_at.isoformat().replace("+00:00", "Z"),
     }
     assert client.patch(f"/api/albums/{album.pk}/", {"name": "  "}, content_type="application/json").json() == {
