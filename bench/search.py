@@ -190,6 +190,7 @@ def planted_copy(vectors, library_of, asset_ids, device):
     space = SimpleNamespace(pk=0, dim=VLM_DIM + VISION_DIM, vlm_dim=VLM_DIM)
     copy = SpaceCopy(space, device, capacity=0)
     copy.vectors = vectors.to(copy.dtype)
+    copy.product_rows = copy.vectors if copy.product_dtype == copy.dtype else copy.vectors.to(copy.product_dtype)
     copy.library_ids = torch.as_tensor(library_of, dtype=torch.int64, device=device)
     copy.live = torch.ones(len(asset_ids), dtype=torch.bool, device=device)
     copy.asset_ids, copy.rows = np.asarray(asset_ids), len(asset_ids)

@@ -1,10 +1,14 @@
 """The memory backend: a search worker holds each serving space's photo vectors and ranks a
 scope exactly with one matrix product.
 
-Per process and space, a `SpaceCopy` holds every vector of the space as one tensor (float16 on
-CUDA and on CPU, where it measures fastest: half the bytes of float32 to stream through, and
-torch accumulates in float32; bench/search.py), with per row the photo's id, its library and
-whether it counts (a vector and not failed). It is loaded once by a binary COPY and kept
+Per process and space, a `SpaceCopy` holds every vector of the space as one tensor (float16: the
+stored half vectors as they are, half the bytes of float32 to stream through, and torch
+accumulates in float32; bench/search.py), with per row the photo's id, its library and whether
+it counts (a vector and not failed). Where a CPU multiplies bfloat16 much faster than float16
+(torch has AMX/AVX512-BF16 kernels for bfloat16 matrix-vector products and none as fast for
+float16 on such CPUs: 6.9 ms against 22.6 ms over 100k x 896 on a 2-core Xeon with AMX), the
+copy keeps a bfloat16 twin of its rows for the product (`product_dtype`, measured once per
+process); the float16 rows stay the source of the exact scores. It is loaded once by a binary COPY and kept
 current before every ranking by the change feed (`feed.py`: one indexed query); a copy that
 cannot prove it is current reloads.
 
@@ -16,7 +20,10 @@ the database (`retrieval.search.results`): a stale copy can cost a re-rank, neve
 Error bound of the fast pass, for a photo vector e and the query u: on CPU the query is rounded
 to float16 (q) and the product accumulated in float32 then rounded to float16, so
 |fast - <u, e>| <= ‖u - q‖·‖e‖ + γ_n·‖q‖·‖e‖ + 2⁻¹¹·|fast| + 2⁻²⁵ (γ_n = n·2⁻²⁴/(1 - n·2⁻²⁴),
-‖e‖ at most the copy's largest row norm); on CUDA u is split into two float16 parts, a head
+‖e‖ at most the copy's largest row norm); with a bfloat16 product, q and the rows are rounded to
+bfloat16 (e_b, each element within 2⁻⁸ of e's) and the result too, which adds 2⁻⁸·‖q‖·‖e‖ and
+makes the last terms 2⁻⁸·|fast| (a wider band of photos is scored exactly, the answer is the
+same); on CUDA u is split into two float16 parts, a head
 and a tail that add up to u within ~2⁻²² of it, multiplied as two columns of one product with
 float32 output, which leaves little more than the accumulation term.
 A device that accumulated float16 products in float16 would break the bound: each process
@@ -59,7 +66,6 @@ GATHER_BELOW_SHARE = 0.3
 GATHER_BUFFER_BYTES = 64 << 20
 # How long a counted space size is trusted when choosing a backend without a copy.
 SIZE_TTL_SECONDS = 300
-UNIT_ROUNDOFF_16 = 2.0 ** -11
 UNIT_ROUNDOFF_32 = 2.0 ** -24
 
 
@@ -72,24 +78,66 @@ def device_for(space: EmbeddingSpace) -> torch.device:
 _float32_accumulation: dict[str, bool] = {}
 
 
-def _accumulates_in_float32(device: torch.device) -> bool:
-    """Whether float16 products on `device` are summed in float32 (the error bound's premise):
-    1024 + 4095 × 0.25 is 2047.75, which float16 sums cannot reach (they stall at 1024)."""
-    key = str(device)
+def _accumulates_in_float32(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether `dtype` (float16, bfloat16) products on `device` are summed in float32 (the error
+    bound's premise): 1024 + 4095 × 0.25 is 2047.75 (2048 once rounded), which float16 or
+    bfloat16 sums cannot reach (they stall at 1024)."""
+    key = f"{device}/{dtype}"
     if key not in _float32_accumulation:
-        rows = torch.full((2, 4096), 0.25, dtype=torch.float16, device=device)
+        rows = torch.full((2, 4096), 0.25, dtype=dtype, device=device)
         rows[:, 0] = 1024
-        ones = torch.ones(4096, dtype=torch.float16, device=device)
+        ones = torch.ones(4096, dtype=dtype, device=device)
         _float32_accumulation[key] = bool(torch.all((rows @ ones).float() == 2048.0))
     return _float32_accumulation[key]
 
 
 def storage_dtype(device: torch.device) -> torch.dtype:
-    return torch.float16 if _accumulates_in_float32(device) else torch.float32
+    return torch.float16 if _accumulates_in_float32(device, torch.float16) else torch.float32
+
+
+_product_dtypes: dict[str, torch.dtype] = {}
+# A bfloat16 twin costs a second copy of the rows: only worth it when it is this much faster.
+BFLOAT16_MIN_SPEEDUP = 1.5
+
+
+def product_dtype(device: torch.device) -> torch.dtype:
+    """The dtype the fast pass multiplies in on `device`: the storage dtype, or on a CPU where
+    bfloat16 products measure at least BFLOAT16_MIN_SPEEDUP times faster than float16 ones (and
+    sum in float32), bfloat16. Measured once per process on a block of rows (~0.1 s)."""
+    key = str(device)
+    if key not in _product_dtypes:
+        stored = storage_dtype(device)
+        chosen = stored
+        if device.type == "cpu" and stored == torch.float16 and _accumulates_in_float32(device, torch.bfloat16):
+            rows = torch.randn(16384, 768).to(torch.float16)
+            query = torch.randn(768)
+            half = _seconds(lambda: rows @ query.half())
+            brain = rows.bfloat16()
+            if half >= BFLOAT16_MIN_SPEEDUP * _seconds(lambda: brain @ query.bfloat16()):
+                chosen = torch.bfloat16
+        _product_dtypes[key] = chosen
+    return _product_dtypes[key]
+
+
+def _seconds(product, repeats: int = 5) -> float:
+    """The best of a few timings (the first call warms the kernel up)."""
+    product()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        product()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def _element_bytes(dtype: torch.dtype) -> int:
+    return torch.finfo(dtype).bits // 8
 
 
 def bytes_per_photo(space: EmbeddingSpace, device: torch.device) -> int:
-    return space.dim * torch.finfo(storage_dtype(device)).bits // 8 + ROW_OVERHEAD_BYTES
+    stored, product = storage_dtype(device), product_dtype(device)
+    twin = _element_bytes(product) if product != stored else 0
+    return space.dim * (_element_bytes(stored) + twin) + ROW_OVERHEAD_BYTES
 
 
 def memory_cap_bytes(device: torch.device) -> int:
@@ -127,8 +175,11 @@ class SpaceCopy:
 
     def __init__(self, space: EmbeddingSpace, device: torch.device, capacity: int) -> None:
         self.space_id, self.dim, self.split = space.pk, space.dim, space.vlm_dim
-        self.device, self.dtype = device, storage_dtype(device)
+        self.device, self.dtype, self.product_dtype = device, storage_dtype(device), product_dtype(device)
         self.vectors = torch.zeros((capacity, self.dim), dtype=self.dtype, device=device)
+        # The rows the fast pass multiplies: the vectors themselves, or their bfloat16 twin.
+        self.product_rows = (self.vectors if self.product_dtype == self.dtype else
+                             torch.zeros((capacity, self.dim), dtype=self.product_dtype, device=device))
         self.library_ids = torch.full((capacity,), -1, dtype=torch.int64, device=device)
         self.live = torch.zeros(capacity, dtype=torch.bool, device=device)
         self.asset_ids = np.zeros(capacity, dtype=np.int64)
@@ -200,14 +251,19 @@ class SpaceCopy:
             return
         values = torch.from_numpy(np.ascontiguousarray(vectors)).to(self.device, self.dtype)
         libraries, flags = torch.from_numpy(library_ids).to(self.device), torch.from_numpy(live).to(self.device)
+        twin = values.to(self.product_dtype) if self.product_rows is not self.vectors else None
         if rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):  # a load's block: a slice
             where = slice(int(rows[0]), int(rows[-1]) + 1)
             self.vectors[where], self.library_ids[where], self.live[where] = values, libraries, flags
+            if twin is not None:
+                self.product_rows[where] = twin
         else:
             index = torch.from_numpy(rows).to(self.device)
             self.vectors.index_copy_(0, index, values)
             self.library_ids.index_copy_(0, index, libraries)
             self.live.index_copy_(0, index, flags)
+            if twin is not None:
+                self.product_rows.index_copy_(0, index, twin)
         self.asset_ids[rows] = asset_ids
         norms = torch.linalg.vector_norm(values.float(), dim=1)
         if len(norms):
@@ -224,7 +280,10 @@ class SpaceCopy:
             bigger[:capacity] = tensor
             return bigger
 
+        self.product_rows = grow(self.product_rows, 0) if self.product_rows is not self.vectors else None
         self.vectors = grow(self.vectors, 0)
+        if self.product_rows is None:
+            self.product_rows = self.vectors
         self.library_ids = grow(self.library_ids, -1)
         self.live = grow(self.live, False)
         self.asset_ids = np.concatenate([self.asset_ids, np.zeros(grown - capacity, dtype=np.int64)])
@@ -238,7 +297,9 @@ class SpaceCopy:
     @property
     def nbytes(self) -> int:
         buffer = 0 if self._buffer is None else self._buffer.element_size() * self._buffer.nelement()
-        return self.vectors.element_size() * self.vectors.nelement() + len(self.asset_ids) * ROW_OVERHEAD_BYTES + buffer
+        twin = 0 if self.product_rows is self.vectors else self.product_rows.element_size() * self.product_rows.nelement()
+        return (self.vectors.element_size() * self.vectors.nelement() + twin + len(self.asset_ids) * ROW_OVERHEAD_BYTES
+                + buffer)
 
     def scope_rows(self, scope: Scope) -> torch.Tensor:
         """Rows of the scope's photos (cached per scope until the copy changes)."""
@@ -270,15 +331,16 @@ class SpaceCopy:
             fast = self._product_of_rows(rows, operand)
         else:
             # index_select, not `fast[rows]`: generic indexing is several times slower on CPU.
-            fast = self._product(self.vectors[:self.rows], operand).index_select(0, rows)
+            fast = self._product(self.product_rows[:self.rows], operand).index_select(0, rows)
         return MemoryScopeScores(self, rows, fast.double(), self._error(u, operand, fast))
 
     def _operand(self, u: np.ndarray) -> torch.Tensor:
-        """The query as the product takes it: float16 on CPU (float32 rows: float32); on CUDA
-        its float16 head and tail (hi + lo = u to ~2⁻²² of it), two columns of one product."""
+        """The query as the product takes it: in the product's dtype on CPU (float16, bfloat16;
+        float32 rows: float32); on CUDA its float16 head and tail (hi + lo = u to ~2⁻²² of
+        it), two columns of one product."""
         exact = torch.from_numpy(u).to(self.device)
-        if self.dtype != torch.float16:
-            return exact
+        if self.product_dtype != torch.float16:
+            return exact.to(self.product_dtype)
         head = exact.half()
         if self.device.type != "cuda":
             return head
@@ -293,14 +355,14 @@ class SpaceCopy:
         """The product over some rows, gathered a block at a time into one buffer kept for the
         next ranking: on CPU a fresh buffer per ranking costs more in page faults than the
         product itself (bench/search.py)."""
-        block = max(1, GATHER_BUFFER_BYTES // (self.dim * self.vectors.element_size()))
+        block = max(1, GATHER_BUFFER_BYTES // (self.dim * self.product_rows.element_size()))
         if self._buffer is None:
-            self._buffer = torch.empty((block, self.dim), dtype=self.dtype, device=self.device)
+            self._buffer = torch.empty((block, self.dim), dtype=self.product_dtype, device=self.device)
         parts = []
         for start in range(0, len(rows), block):
             picked = rows[start:start + block]
             buffer = self._buffer[:len(picked)]
-            torch.index_select(self.vectors, 0, picked, out=buffer)
+            torch.index_select(self.product_rows, 0, picked, out=buffer)
             parts.append(self._product(buffer, operand))
         if not parts:
             return torch.zeros(0, dtype=torch.float32, device=self.device)
@@ -312,14 +374,23 @@ class SpaceCopy:
         gamma = self.dim * UNIT_ROUNDOFF_32 / (1 - self.dim * UNIT_ROUNDOFF_32)
         columns = operand.double().reshape(len(u), -1)
         represented = columns.sum(dim=1).cpu().numpy()
+        query_norm = float(columns.norm(dim=0).sum())
+        # Rows multiplied as their bfloat16 twin: each element within 2⁻⁸ of the stored one.
+        twin = _unit_roundoff(self.product_dtype) if self.product_rows is not self.vectors else 0.0
         error = (float(np.linalg.norm(u.astype(np.float64) - represented)) * norm
-                 + gamma * float(columns.norm(dim=0).sum()) * norm)
+                 + twin * query_norm * norm + gamma * query_norm * norm * (1 + twin))
         largest = float(fast.abs().max()) if len(fast) else 0.0
-        if fast.dtype == torch.float16:  # the result rounded to float16
-            error += UNIT_ROUNDOFF_16 * (largest + error) + 2.0 ** -25
+        if fast.dtype in (torch.float16, torch.bfloat16):  # the result rounded to its dtype
+            info = torch.finfo(fast.dtype)
+            error += _unit_roundoff(fast.dtype) * (largest + error) + info.smallest_normal * info.eps / 2
         elif columns.shape[1] == 2:  # the two columns' float32 sum
             error += UNIT_ROUNDOFF_32 * (largest + error)
         return error * 1.01 + TINY
+
+
+def _unit_roundoff(dtype: torch.dtype) -> float:
+    """Half the spacing of `dtype` at 1: 2⁻¹¹ for float16, 2⁻⁸ for bfloat16, 2⁻²⁴ for float32."""
+    return torch.finfo(dtype).eps / 2
 
 
 class MemoryScopeScores:
@@ -387,9 +458,9 @@ def current_copy(space: EmbeddingSpace) -> SpaceCopy:
     _copies.clear()
     copy = SpaceCopy.load(space, device_for(space))
     _copies[space.pk] = copy
-    logger.info("ranking from memory: loaded %d photos of space %s (%s, %s, %.0f MB) in %.2f s (%s)",
-                copy.rows, space.pk, copy.device, str(copy.dtype).replace("torch.", ""), copy.nbytes / 2**20,
-                copy.load_seconds, reason)
+    logger.info("ranking from memory: loaded %d photos of space %s (%s, %s, product in %s, %.0f MB) in %.2f s (%s)",
+                copy.rows, space.pk, copy.device, str(copy.dtype).replace("torch.", ""),
+                str(copy.product_dtype).replace("torch.", ""), copy.nbytes / 2**20, copy.load_seconds, reason)
     from ...workers import report_ranking  # imported here: workers imports the search wing
 
     report_ranking()
@@ -429,7 +500,9 @@ def report() -> dict:
     return {
         str(space_id): {"photos": copy.photos, "bytes": copy.nbytes, "mb": round(copy.nbytes / 2**20, 1),
                         "device": str(copy.device),
-                        "dtype": str(copy.dtype).replace("torch.", ""), "loaded_at": round(copy.loaded_at),
+                        "dtype": str(copy.dtype).replace("torch.", ""),
+                        "product_dtype": str(copy.product_dtype).replace("torch.", ""),
+                        "loaded_at": round(copy.loaded_at),
                         "load_seconds": round(copy.load_seconds, 2)}
         for space_id, copy in _copies.items()
     }
