@@ -7,7 +7,7 @@ import os
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from .indexing.spaces import active_space, encoders_for, serving_space
@@ -21,14 +21,25 @@ logger = logging.getLogger(__name__)
 PROCESS_HOSTNAME: str | None = None
 
 
+# The beat runs in the worker's event loop, which also takes messages off the broker: a beat
+# that waited on a lock (a pool process's report in a transaction, a stuck session) would stop
+# the worker from taking any task. It gives up instead, and the next beat tries again.
+HEARTBEAT_LOCK_TIMEOUT = "2s"
+HEARTBEAT_STATEMENT_TIMEOUT = "5s"
+
+
 def record_heartbeat(hostname: str, queues: list[str], pid: int) -> None:
-    heartbeat, created = WorkerHeartbeat.objects.update_or_create(
-        hostname=hostname, defaults={"queues": list(queues), "pid": pid, "last_seen": timezone.now()}
-    )
-    # Reports of pool processes that are gone (a restart, max-tasks-per-child) are dropped.
-    alive = {pid: report for pid, report in heartbeat.ranking.items() if _process_alive(int(pid))}
-    if alive != heartbeat.ranking:
-        WorkerHeartbeat.objects.filter(pk=heartbeat.pk).update(ranking=alive)
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(f"SET LOCAL lock_timeout = '{HEARTBEAT_LOCK_TIMEOUT}'")
+            cursor.execute(f"SET LOCAL statement_timeout = '{HEARTBEAT_STATEMENT_TIMEOUT}'")
+        heartbeat, created = WorkerHeartbeat.objects.update_or_create(
+            hostname=hostname, defaults={"queues": list(queues), "pid": pid, "last_seen": timezone.now()}
+        )
+        # Reports of pool processes that are gone (a restart, max-tasks-per-child) are dropped.
+        alive = {pid: report for pid, report in heartbeat.ranking.items() if _process_alive(int(pid))}
+        if alive != heartbeat.ranking:
+            WorkerHeartbeat.objects.filter(pk=heartbeat.pk).update(ranking=alive)
 
 
 def _process_alive(pid: int) -> bool:

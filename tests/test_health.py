@@ -82,3 +82,27 @@ def test_each_worker_process_s_ranking_backend_is_shown_and_gone_processes_are_d
         ranking={str(os.getpid()): live, str(gone.pid): {"backends": {}, "copies": {}}})
     record_heartbeat("w1@host", ["search"], 123)
     assert client.get("/healthz").json()["workers"][0]["ranking"] == {str(os.getpid()): live}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_heartbeat_gives_up_on_a_locked_row_instead_of_stalling_the_worker():
+    """The beat runs in the loop that takes tasks off the broker: a row held by another session
+    (a pool process's report in a long transaction) must cost one failed beat, not the worker."""
+    import time
+
+    import psycopg
+    from django.db import connection
+
+    from retrieval.models import WorkerHeartbeat
+
+    record_heartbeat("w1@host", ["search"], 123)
+    db = connection.settings_dict
+    with psycopg.connect(host=db["HOST"], port=db["PORT"] or None, user=db["USER"], password=db["PASSWORD"] or None,
+                         dbname=db["NAME"]) as other:
+        other.execute(f'SELECT 1 FROM "{WorkerHeartbeat._meta.db_table}" WHERE hostname = %s FOR UPDATE', ["w1@host"])
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="lock timeout"):
+            record_heartbeat("w1@host", ["search"], 123)
+        assert time.monotonic() - started < 4
+    record_heartbeat("w1@host", ["search"], 123)  # the lock gone, the next beat goes through
+    assert WorkerHeartbeat.objects.filter(hostname="w1@host").exists()
