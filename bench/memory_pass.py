@@ -75,7 +75,8 @@ def main() -> None:
     for size in (int(s) for s in args.sizes.split(",")):
         vectors, libraries = planted(size)
         rng = np.random.default_rng(1)
-        queries = [q / np.linalg.norm(q) for q in rng.standard_normal((args.queries, vectors.shape[1])).astype(np.float32)]
+        raw = rng.standard_normal((args.queries, vectors.shape[1])).astype(np.float32)
+        queries = [q / np.linalg.norm(q) for q in raw]
         scope = Scope(tuple(range(1, 11)))
         answers = {}
         for product in (torch.float16, torch.bfloat16):

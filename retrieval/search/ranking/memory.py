@@ -8,9 +8,9 @@ it counts (a vector and not failed). Where a CPU multiplies bfloat16 much faster
 (torch has AMX/AVX512-BF16 kernels for bfloat16 matrix-vector products and none as fast for
 float16 on such CPUs: 6.9 ms against 22.6 ms over 100k x 896 on a 2-core Xeon with AMX), the
 copy keeps a bfloat16 twin of its rows for the product (`product_dtype`, measured once per
-process); the float16 rows stay the source of the exact scores. It is loaded once by a binary COPY and kept
-current before every ranking by the change feed (`feed.py`: one indexed query); a copy that
-cannot prove it is current reloads.
+process); the float16 rows stay the source of the exact scores. A copy is loaded once by a
+binary COPY and kept current before every ranking by the change feed (`feed.py`: one indexed
+query); a copy that cannot prove it is current reloads.
 
 A ranking masks the scope's rows, multiplies, and hands the fast scores to `exact.py`, which
 scores exactly only the photos the fast pass's error bound could misplace. The same fast scores
@@ -23,9 +23,9 @@ to float16 (q) and the product accumulated in float32 then rounded to float16, s
 ‖e‖ at most the copy's largest row norm); with a bfloat16 product, q and the rows are rounded to
 bfloat16 (e_b, each element within 2⁻⁸ of e's) and the result too, which adds 2⁻⁸·‖q‖·‖e‖ and
 makes the last terms 2⁻⁸·|fast| (a wider band of photos is scored exactly, the answer is the
-same); on CUDA u is split into two float16 parts, a head
-and a tail that add up to u within ~2⁻²² of it, multiplied as two columns of one product with
-float32 output, which leaves little more than the accumulation term.
+same). On CUDA u is split into two float16 parts, a head and a tail that add up to u within
+~2⁻²² of it, multiplied as two columns of one product with float32 output, which leaves little
+more than the accumulation term.
 A device that accumulated float16 products in float16 would break the bound: each process
 checks once (`_accumulates_in_float32`) and keeps float32 rows where it does.
 """
@@ -112,8 +112,8 @@ def product_dtype(device: torch.device) -> torch.dtype:
             rows = torch.randn(16384, 768).to(torch.float16)
             query = torch.randn(768)
             half = _seconds(lambda: rows @ query.half())
-            brain = rows.bfloat16()
-            if half >= BFLOAT16_MIN_SPEEDUP * _seconds(lambda: brain @ query.bfloat16()):
+            twin = rows.bfloat16()
+            if half >= BFLOAT16_MIN_SPEEDUP * _seconds(lambda: twin @ query.bfloat16()):
                 chosen = torch.bfloat16
         _product_dtypes[key] = chosen
     return _product_dtypes[key]
@@ -297,7 +297,8 @@ class SpaceCopy:
     @property
     def nbytes(self) -> int:
         buffer = 0 if self._buffer is None else self._buffer.element_size() * self._buffer.nelement()
-        twin = 0 if self.product_rows is self.vectors else self.product_rows.element_size() * self.product_rows.nelement()
+        twin = (0 if self.product_rows is self.vectors
+                else self.product_rows.element_size() * self.product_rows.nelement())
         return (self.vectors.element_size() * self.vectors.nelement() + twin + len(self.asset_ids) * ROW_OVERHEAD_BYTES
                 + buffer)
 
