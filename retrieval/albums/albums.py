@@ -36,7 +36,7 @@ from assets.models import Asset, Library
 
 from ..models import Album, AlbumExample, AlbumPhoto, AssetEmbedding, EmbeddingSpace, Search
 from ..search.cutoff import HISTOGRAM_BINS, fit_mixture
-from ..search.filters import PhotoFilters
+from ..search.filters import PhotoFilters, filtered_scope
 from ..search.matches import query_from_bytes
 from ..search.ranking import Scope
 from ..search.ranking.base import ScopeScores
@@ -64,8 +64,7 @@ def album_scope(album: Album, library_ids: Sequence[int] | None = None) -> Scope
     """The photos the album takes by score: those its filters keep of its libraries the owner
     may see now (or of `library_ids`): what a search of its recipe would rank, where albums are
     made, scored, audited and re-derived."""
-    libraries = album_library_ids(album) if library_ids is None else library_ids
-    return Scope(tuple(sorted(libraries)), photos=PhotoFilters.from_json(album.filters).photos())
+    return filtered_scope(album_library_ids(album) if library_ids is None else library_ids, album.filters)
 
 
 def kept_by_filters(album: Album, asset_ids: Sequence[int]) -> np.ndarray:
@@ -105,7 +104,6 @@ def create_album_from_search(user, search: Search, name: str) -> Album:
             cutoff=search.match_cutoff, source_search=search, proxy_set=search.proxy_set,
             **{field: getattr(search, field) for field in RECIPE_FIELDS},
         )
-        album.disabled_proxies = list(album.disabled_proxies)
         album.libraries.set(search.libraries.all())
         album.positive_assets.set(search.positive_assets.all())
         album.negative_assets.set(search.negative_assets.all())

@@ -29,6 +29,8 @@ from assets.imaging import ACCEPTED_FORMATS
 from assets.metadata import MAX_KEYWORD, normalise_keyword
 from assets.models import Asset
 
+from .ranking.scope import Scope
+
 MAX_FILTER_KEYWORDS = 10
 MAX_CAMERA_TEXT = 100
 # What a client may call a file type -> the format stored on the photo (Asset.format).
@@ -156,6 +158,12 @@ class PhotoFilters:
         if self.formats:
             parts.append("file type: " + ", ".join(self.formats))
         return " · ".join(parts)
+
+
+def filtered_scope(library_ids, stored_filters: dict | None) -> Scope:
+    """The photos of these libraries that stored filters (`PhotoFilters.to_json`) keep: the
+    scope a search ranks, and an album is made, scored and audited in."""
+    return Scope(tuple(sorted(library_ids)), photos=PhotoFilters.from_json(stored_filters).photos())
 
 
 def _start_of(day: dt.date) -> dt.datetime:

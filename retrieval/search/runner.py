@@ -23,7 +23,7 @@ from django.db.models import Exists, OuterRef
 from ..indexing.spaces import serving_space
 from ..models import EmbeddingSpace, ProxySet, Search, SearchExample
 from .cache_privacy import cost_of_making, used_before, wait_as_if_made
-from .filters import PhotoFilters
+from .filters import filtered_scope
 from .inputs import text_vectors
 from .matches import query_bytes, record_matches
 from .plan import QueryInputs, QueryPlan
@@ -178,7 +178,7 @@ def _execute(run: _Run) -> None:
     search.mark_ranking(**run.held())
     # 4. Rank the scope: the libraries, narrowed by the search's filters (ranked inside them, so
     # none of their photos is lost behind photos outside them).
-    scope = Scope(tuple(library_ids), photos=PhotoFilters.from_json(search.filters).photos())
+    scope = filtered_scope(library_ids, search.filters)
     with run.stage("ranking"):
         ranking = rank(space, plan.u, scope, search.top_n)
     # 5. Store the results and finish; nothing more when a twin delivery finished first. The
